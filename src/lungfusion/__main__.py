@@ -1,0 +1,5 @@
+import sys
+
+from lungfusion.cli import main
+
+sys.exit(main())
