@@ -1,0 +1,179 @@
+"""Stratified, seeded cross-validation folds with an inner validation split.
+
+``folds.tsv`` is long: one row per patient and fold, with ``role`` test (the fold's held-out
+patients), val (model selection) or train. Every included patient is tested exactly once, and
+each fold's validation patients are drawn from its training patients, never from its test set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+FOLD_COLUMNS = ["patient_id", "label", "fold", "role", "has_ct", "has_pet"]
+ROLES = ("train", "val", "test")
+
+
+def make_folds(
+    patients: pd.DataFrame,
+    *,
+    n_folds: int = 5,
+    validation_fraction: float = 0.2,
+    seed: int = 7,
+    stratify_column: str = "label",
+) -> pd.DataFrame:
+    """Assign every patient a role in each of ``n_folds`` folds.
+
+    ``patients`` needs ``patient_id`` and ``stratify_column`` (the class label, or the event
+    indicator for survival); ``label``, ``has_ct`` and ``has_pet`` are carried along if present.
+
+    >>> df = pd.DataFrame({"patient_id": [f"P{i}" for i in range(10)], "label": ["A", "B"] * 5})
+    >>> folds = make_folds(df, n_folds=2, validation_fraction=0.25, seed=0)
+    >>> sorted(folds.query("role == 'test'").patient_id) == sorted(df.patient_id)
+    True
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    for column in ("patient_id", stratify_column):
+        if column not in patients.columns:
+            raise ValueError(f"patients table lacks column {column!r}")
+    if patients.patient_id.duplicated().any():
+        duplicated = sorted(patients.patient_id[patients.patient_id.duplicated()].unique())
+        raise ValueError(f"patient IDs appear more than once: {duplicated[:5]}")
+    patients = patients.sort_values("patient_id").reset_index(drop=True)
+    strata = patients[stratify_column].astype(str).to_numpy()
+    _check_class_sizes(strata, n_folds)
+
+    outer = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    rows = []
+    for fold, (train_index, test_index) in enumerate(outer.split(np.zeros(len(strata)), strata)):
+        fit_index, val_index = _inner_split(train_index, strata, validation_fraction, seed + fold)
+        for role, index in (("train", fit_index), ("val", val_index), ("test", test_index)):
+            part = patients.iloc[np.sort(index)].copy()
+            part["fold"] = fold
+            part["role"] = role
+            rows.append(part)
+    folds = pd.concat(rows, ignore_index=True)
+    for column, default in (("label", ""), ("has_ct", True), ("has_pet", True)):
+        if column not in folds.columns:
+            folds[column] = default
+    folds = folds.sort_values(["fold", "role", "patient_id"], kind="stable")
+    return folds[FOLD_COLUMNS].reset_index(drop=True)
+
+
+def _check_class_sizes(strata: np.ndarray, n_folds: int) -> None:
+    values, counts = np.unique(strata, return_counts=True)
+    if len(values) < 2:
+        raise ValueError(f"need at least two classes to stratify, found only {list(values)}")
+    too_small = {str(v): int(c) for v, c in zip(values, counts, strict=True) if c < n_folds}
+    if too_small:
+        raise ValueError(
+            f"splits.n_folds={n_folds} but some classes have fewer patients than folds: "
+            f"{too_small}; lower splits.n_folds or add patients"
+        )
+
+
+def _inner_split(
+    train_index: np.ndarray, strata: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split a fold's training patients into fit and validation, stratified when possible."""
+    n_val = max(1, int(round(fraction * len(train_index))))
+    inner_strata = strata[train_index]
+    _, counts = np.unique(inner_strata, return_counts=True)
+    # sklearn needs two of each class and a validation set holding at least one of each class
+    stratify = inner_strata if counts.min() >= 2 and n_val >= len(counts) else None
+    fit_index, val_index = train_test_split(
+        train_index, test_size=n_val, random_state=seed, stratify=stratify
+    )
+    return fit_index, val_index
+
+
+def roi_status(roi_dir: str | Path, patient_id: str) -> dict:
+    """What the ROI stage recorded for a patient: status, has_pet and, if not ok, why."""
+    path = Path(roi_dir) / f"{patient_id}.json"
+    if not path.exists():
+        return {"status": "missing", "reason": f"no ROI record {path}"}
+    record = json.loads(path.read_text(encoding="utf-8"))
+    status = record.get("status", "missing")
+    result = {"status": status, "has_pet": bool(record.get("has_pet", False))}
+    if status != "ok":
+        result["reason"] = _upstream_reason(record)
+    return result
+
+
+def _upstream_reason(record: dict) -> str:
+    """The failing stage and its message from a failed or skipped sidecar."""
+    error = record.get("error") or {}
+    if isinstance(error, dict):
+        message = error.get("message") or json.dumps(error)
+        stage = error.get("stage") or record.get("stage", "roi")
+    else:
+        message, stage = str(error), record.get("stage", "roi")
+    reason = record.get("reason") or record.get("upstream")
+    if reason and not message:
+        return str(reason)
+    return f"{record.get('status')} at {stage}: {message or reason or 'no message recorded'}"
+
+
+def cohort_table(
+    sheet: pd.DataFrame,
+    roi_dir: str | Path,
+    *,
+    task: str = "classification",
+    classes: list[str] | None = None,
+) -> pd.DataFrame:
+    """Every sheet patient with ``included`` yes/no and the reason when not.
+
+    A patient is included when its ROI status is ok and it has a usable target: a label among
+    ``classes`` (classification) or survival days and an event (survival).
+    """
+    rows = []
+    for record in sheet.to_dict("records"):
+        pid = str(record["patient_id"])
+        status = roi_status(roi_dir, pid)
+        label = record.get("label")
+        reason = ""
+        if status["status"] != "ok":
+            reason = status["reason"]
+        elif task == "classification" and classes is not None and label not in classes:
+            reason = f"label {label!r} not among cohort.classes {classes}"
+        elif task == "survival" and (
+            pd.isna(record.get("survival_days")) or pd.isna(record.get("event"))
+        ):
+            reason = "survival_days or event missing in the sample sheet"
+        rows.append(
+            {
+                "patient_id": pid,
+                "label": label,
+                "included": "no" if reason else "yes",
+                "reason": reason,
+                "roi_status": status["status"],
+                "has_ct": status["status"] == "ok",
+                "has_pet": bool(status.get("has_pet", False)),
+            }
+        )
+        if task == "survival":
+            rows[-1]["event"] = record.get("event")
+    return pd.DataFrame(rows)
+
+
+def fold_patients(folds: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
+    """The rows of one fold, by role."""
+    part = folds[folds.fold == fold]
+    if part.empty:
+        raise ValueError(f"fold {fold} not in the folds table (folds: {sorted(folds.fold.unique())})")
+    return {role: part[part.role == role].reset_index(drop=True) for role in ROLES}
+
+
+def read_folds(path: str | Path) -> pd.DataFrame:
+    folds = pd.read_csv(path, sep="\t", dtype={"patient_id": str, "label": str})
+    missing = set(FOLD_COLUMNS) - set(folds.columns)
+    if missing:
+        raise ValueError(f"{path} lacks columns {sorted(missing)}")
+    return folds

@@ -1,0 +1,77 @@
+import json
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The package's source must import inside a conda env that does not install it.
+SRC_DIR = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC_DIR))
+
+from lungfusion.samplesheet import read_sample_sheet  # noqa: E402
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESULTS = config["results"]
+COHORT = config["cohort"]
+SYNTHETIC = COHORT["source"] == "synthetic"
+SAMPLE_SHEET = (
+    str(Path(config["synthetic"]["out_dir"]) / "clinical.tsv")
+    if SYNTHETIC
+    else COHORT["sample_sheet"]
+)
+DICOM_ROOT = (
+    str(Path(config["synthetic"]["out_dir"]) / "dicom") if SYNTHETIC else COHORT["dicom_root"]
+)
+LUNGFUSION = f"PYTHONPATH={SRC_DIR}${{PYTHONPATH:+:$PYTHONPATH}} python -m lungfusion"
+
+
+def read_samples():
+    """The sample sheet, checked; None while the synthetic cohort is not generated yet."""
+    if not Path(SAMPLE_SHEET).exists():
+        if SYNTHETIC:
+            return None
+        raise ValueError(f"sample sheet not found: {SAMPLE_SHEET} (cohort.sample_sheet)")
+    samples = read_sample_sheet(
+        SAMPLE_SHEET,
+        sheet_format=COHORT["sheet_format"],
+        sheet_name=COHORT["sheet_name"],
+        columns=COHORT["columns"],
+        label_from_id=COHORT["label_from_id"],
+        classes=COHORT["classes"],
+    )
+    validate(samples, schema="../schemas/samples.schema.yaml")
+    return samples
+
+
+def patient_ids():
+    samples = read_samples()
+    if samples is not None:
+        return list(samples["patient_id"])
+    from lungfusion.synth.ids import patient_ids as synthetic_ids
+
+    return synthetic_ids(config["synthetic"]["n_patients"])
+
+
+PATIENTS = patient_ids()
+
+
+wildcard_constraints:
+    pid="[A-Za-z0-9][A-Za-z0-9._-]*",
+    model="[a-z_]+",
+    fold="[0-9]+",
+
+
+def sections(*names):
+    """The config sections a stage reads, as JSON: a change in them reruns the stage."""
+    return json.dumps({name: config[name] for name in names}, sort_keys=True)
+
+
+def per_patient(pattern):
+    return expand(pattern, pid=PATIENTS, results=RESULTS)
+
+
+def all_targets():
+    return [f"{RESULTS}/splits/folds.tsv"] + per_patient("{results}/roi/{pid}.json")

@@ -1,0 +1,103 @@
+# Per-patient imaging stages. Each writes its images first and its JSON sidecar last; the
+# sidecar is the tracked output, so a killed job never looks complete. A patient with bad input
+# gets status "failed" in its sidecar and the others go on.
+
+
+rule ingest:
+    input:
+        series=f"{RESULTS}/ingest/series.tsv",
+    output:
+        done=f"{RESULTS}/ingest/{{pid}}/ingest.json",
+    params:
+        cfg=sections("ingest"),
+        out_dir=lambda wc: f"{RESULTS}/ingest/{wc.pid}",
+    log:
+        f"{RESULTS}/logs/ingest/{{pid}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ingest/{{pid}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    conda:
+        "../../envs/cohort.yaml"
+    shell:
+        "{LUNGFUSION} --params {params.cfg:q} ingest --patient {wildcards.pid:q}"
+        " --series {input.series:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule register:
+    input:
+        ingest=f"{RESULTS}/ingest/{{pid}}/ingest.json",
+    output:
+        done=f"{RESULTS}/register/{{pid}}/register.json",
+    params:
+        cfg=sections("register"),
+        ingest_dir=lambda wc: f"{RESULTS}/ingest/{wc.pid}",
+        out_dir=lambda wc: f"{RESULTS}/register/{wc.pid}",
+    log:
+        f"{RESULTS}/logs/register/{{pid}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/register/{{pid}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../../envs/imaging.yaml"
+    shell:
+        "{LUNGFUSION} --params {params.cfg:q} register --patient {wildcards.pid:q}"
+        " --ingest-dir {params.ingest_dir:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule segment:
+    input:
+        register=f"{RESULTS}/register/{{pid}}/register.json",
+    output:
+        done=f"{RESULTS}/segment/{{pid}}/segment.json",
+    params:
+        cfg=sections("segment"),
+        register_dir=lambda wc: f"{RESULTS}/register/{wc.pid}",
+        out_dir=lambda wc: f"{RESULTS}/segment/{wc.pid}",
+    log:
+        f"{RESULTS}/logs/segment/{{pid}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/segment/{{pid}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    conda:
+        "../../envs/imaging.yaml"
+    shell:
+        "{LUNGFUSION} --params {params.cfg:q} segment --patient {wildcards.pid:q}"
+        " --register-dir {params.register_dir:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule roi:
+    input:
+        ingest=f"{RESULTS}/ingest/{{pid}}/ingest.json",
+        register=f"{RESULTS}/register/{{pid}}/register.json",
+        segment=f"{RESULTS}/segment/{{pid}}/segment.json",
+    output:
+        done=f"{RESULTS}/roi/{{pid}}.json",
+    params:
+        cfg=sections("roi"),
+        ingest_dir=lambda wc: f"{RESULTS}/ingest/{wc.pid}",
+        register_dir=lambda wc: f"{RESULTS}/register/{wc.pid}",
+        segment_dir=lambda wc: f"{RESULTS}/segment/{wc.pid}",
+        npz=lambda wc: f"{RESULTS}/roi/{wc.pid}.npz",
+    log:
+        f"{RESULTS}/logs/roi/{{pid}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/roi/{{pid}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/imaging.yaml"
+    shell:
+        "{LUNGFUSION} --params {params.cfg:q} roi --patient {wildcards.pid:q}"
+        " --ingest-dir {params.ingest_dir:q} --register-dir {params.register_dir:q}"
+        " --segment-dir {params.segment_dir:q} --out {params.npz:q} > {log:q} 2>&1"
