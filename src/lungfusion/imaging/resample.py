@@ -79,7 +79,9 @@ def resample_onto(
     if interpolator != sitk.sitkNearestNeighbor:
         pixel_type = sitk.sitkFloat32 if image.GetPixelID() != sitk.sitkFloat64 else pixel_type
         image = sitk.Cast(image, pixel_type)
-    return sitk.Resample(image, reference, transform, interpolator, float(default_value), pixel_type)
+    return sitk.Resample(
+        image, reference, transform, interpolator, float(default_value), pixel_type
+    )
 
 
 def resample_to_spacing(

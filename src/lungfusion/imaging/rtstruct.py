@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from PIL import Image, ImageDraw
 
 from lungfusion.errors import PatientInputError
 
@@ -87,7 +86,30 @@ def _contours(ds: pydicom.Dataset, roi_number: int) -> list[np.ndarray]:
 
 
 def _fill_polygon(xy: np.ndarray, *, width: int, height: int) -> np.ndarray:
-    """Fill a polygon given in continuous pixel indices; a pixel is in if its centre is."""
-    canvas = Image.new("1", (width, height), 0)
-    ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in xy], fill=1)
-    return np.asarray(canvas, dtype=bool)
+    """Scanline fill of a polygon in continuous pixel indices: a pixel is in if its centre is.
+
+    Even-odd rule; each edge counts the rows in [min y, max y) so vertices count once.
+    """
+    start, end = xy, np.roll(xy, -1, axis=0)
+    low, high = np.minimum(start[:, 1], end[:, 1]), np.maximum(start[:, 1], end[:, 1])
+    first_row = np.clip(np.ceil(low), 0, height).astype(int)
+    last_row = np.clip(np.ceil(high), 0, height).astype(int)  # exclusive
+    counts = np.maximum(last_row - first_row, 0)
+    edge = np.repeat(np.arange(len(xy)), counts)
+    rows = np.concatenate(
+        [np.arange(a, b) for a, b in zip(first_row, last_row, strict=True)] or [[]]
+    )
+    rows = rows.astype(int)
+    mask = np.zeros((height, width), dtype=bool)
+    if rows.size == 0:
+        return mask
+    x0, y0, x1, y1 = start[edge, 0], start[edge, 1], end[edge, 0], end[edge, 1]
+    crossing = x0 + (rows - y0) * (x1 - x0) / (y1 - y0)
+    order = np.lexsort((crossing, rows))
+    rows, crossing = rows[order], crossing[order]
+    enter = np.clip(np.ceil(crossing[0::2]), 0, width).astype(int)
+    leave = np.clip(np.ceil(crossing[1::2]), 0, width).astype(int)
+    change = np.zeros((height, width + 1), dtype=np.int32)
+    np.add.at(change, (rows[0::2], enter), 1)
+    np.add.at(change, (rows[0::2], leave), -1)
+    return np.cumsum(change, axis=1)[:, :width] > 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import random
 
-import numpy as np
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -59,9 +58,8 @@ def seed_everything(seed: int) -> None:
     from monai.utils import set_determinism
 
     random.seed(seed)
-    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    set_determinism(seed=seed % 2**32)
+    set_determinism(seed=seed % 2**32)  # also seeds NumPy's global generator
 
 
 def device_description(device: torch.device) -> str:

@@ -167,7 +167,9 @@ def fold_patients(folds: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
     """The rows of one fold, by role."""
     part = folds[folds.fold == fold]
     if part.empty:
-        raise ValueError(f"fold {fold} not in the folds table (folds: {sorted(folds.fold.unique())})")
+        raise ValueError(
+            f"fold {fold} not in the folds table (folds: {sorted(folds.fold.unique())})"
+        )
     return {role: part[part.role == role].reset_index(drop=True) for role in ROLES}
 
 

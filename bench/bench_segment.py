@@ -1,0 +1,114 @@
+"""Lung segmentation: time, Dice, GTV coverage and region volume on LUNG1-001 and synthetic.
+
+Run as ``python bench/bench_segment.py [--synthetic N]``; writes ``bench/results/segment.md``.
+LUNG1-001 (TCIA NSCLC-Radiomics, CC BY-NC 3.0) is compared with the clinicians' Lung-Left +
+Lung-Right and GTV-1; synthetic patients (``lungfusion.synth``, default preset) with their
+ground truth in the original CT space. Times are the median of three runs, reading excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from lungfusion.imaging.rtstruct import rtstruct_to_mask
+from lungfusion.imaging.segment import dice, segment_lungs, tumour_inclusive_region
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures" / "dicom" / "nsclc-radiomics-LUNG1-001"
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def measure(ct, lungs_truth, tumour, margin_mm=20.0, repeats=3) -> dict:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        labels, _ = segment_lungs(ct, threshold_hu=-320, closing_mm=3.0)
+        region = tumour_inclusive_region(ct, labels, margin_mm=margin_mm)
+        times.append(time.perf_counter() - start)
+    found = sitk.GetArrayFromImage(labels)
+    inside = sitk.GetArrayFromImage(region) > 0
+    return {
+        "seconds": statistics.median(times),
+        "dice": dice(found > 0, lungs_truth > 0),
+        "dice_right": dice(found == 1, lungs_truth == 1),
+        "dice_left": dice(found == 2, lungs_truth == 2),
+        "lung_cover": float((found > 0)[tumour].mean()) if tumour.any() else float("nan"),
+        "region_cover": float(inside[tumour].mean()) if tumour.any() else float("nan"),
+        "region_ratio": float(inside.sum() / (lungs_truth > 0).sum()),
+    }
+
+
+def lung1_case() -> tuple:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(FIXTURES / "ct")))
+    ct = reader.Execute()
+    rtstruct = FIXTURES / "rtstruct" / "1-1.dcm"
+    truth = np.zeros(ct.GetSize()[::-1], dtype=np.uint8)
+    truth[sitk.GetArrayFromImage(rtstruct_to_mask(rtstruct, ct, "Lung-Right")) > 0] = 1
+    truth[sitk.GetArrayFromImage(rtstruct_to_mask(rtstruct, ct, "Lung-Left")) > 0] = 2
+    gtv = sitk.GetArrayFromImage(rtstruct_to_mask(rtstruct, ct, "GTV-1")) > 0
+    return ct, truth, gtv
+
+
+def synthetic_cases(n: int, preset: str, folder: Path):
+    from test_segment import _read_ct_series
+
+    from lungfusion.synth import generate_cohort
+
+    generate_cohort(folder, preset=preset, n_patients=n, seed=11, fraction_without_pet=0.0)
+    for truth_dir in sorted(p for p in (folder / "ground_truth").iterdir() if p.is_dir()):
+        ct = _read_ct_series(folder / "dicom" / truth_dir.name)
+        lungs = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_dir / "lungs.nii.gz")))
+        tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_dir / "tumour.nii.gz"))) > 0
+        yield truth_dir.name, ct, lungs, tumour
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--synthetic", type=int, default=4, help="synthetic patients (0: none)")
+    parser.add_argument("--preset", default="default")
+    args = parser.parse_args()
+    rows = []
+    if FIXTURES.is_dir():
+        rows.append(("LUNG1-001", *lung1_case()))
+    table = [
+        "| case | size | time s | Dice | Dice R | Dice L | tumour in lungs | tumour in region "
+        "| region / ref lungs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = rows + (
+            list(synthetic_cases(args.synthetic, args.preset, Path(tmp))) if args.synthetic else []
+        )
+        for name, ct, lungs, tumour in cases:
+            m = measure(ct, lungs, tumour)
+            table.append(
+                f"| {name} | {'x'.join(map(str, ct.GetSize()))} | {m['seconds']:.2f} | "
+                f"{m['dice']:.4f} | {m['dice_right']:.4f} | {m['dice_left']:.4f} | "
+                f"{m['lung_cover']:.3f} | {m['region_cover']:.3f} | {m['region_ratio']:.3f} |"
+            )
+            print(table[-1], flush=True)
+    text = (
+        "# Lung segmentation (classical: threshold -320 HU, closing 3 mm, region margin 20 mm)\n\n"
+        "Time: segment_lungs + tumour_inclusive_region, median of 3, CT already in memory. "
+        "Targets: Dice >= 0.975 (LUNG1-001), >= 0.97 (synthetic); tumour in region >= 0.95; "
+        "region / reference lungs <= 1.10; 3 s on 2 cores for LUNG1-001.\n\n"
+        + "\n".join(table)
+        + "\n"
+    )
+    out = REPO / "bench" / "results" / "segment.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""`lungfusion register`: PET onto CT for one patient, both resampled to the target grid.
+
+Reads ``ct.nii.gz``, ``pet_suv.nii.gz`` and ``ingest.json`` from the ingest folder and writes
+``ct.nii.gz`` (HU), ``pet.nii.gz`` (SUV; absent for CT-only patients), ``pet_to_ct.tfm`` (CT
+physical point -> PET physical point) and, last, ``register.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from lungfusion.artifacts import Timer, atomic_path, read_json, sidecar, write_json_atomic
+from lungfusion.errors import PatientInputError
+from lungfusion.imaging.register import register_pet_to_ct
+from lungfusion.imaging.resample import resample_onto, resample_to_spacing, target_grid
+
+log = logging.getLogger(__name__)
+
+AIR_HU = -1024.0
+REGISTRATION_KEYS = (
+    "method",
+    "shrink_factors",
+    "smoothing_sigmas_mm",
+    "histogram_bins",
+    "sampling_fraction",
+    "max_iterations",
+    "pet_margin_mm",
+    "max_translation_mm",
+    "max_rotation_deg",
+    "seed",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--patient", required=True, help="patient ID of the sample sheet")
+    parser.add_argument("--ingest-dir", required=True, help="e.g. results/ingest/PID")
+    parser.add_argument("--out-dir", required=True, help="e.g. results/register/PID")
+
+
+def _write_image(image: sitk.Image, path: Path) -> None:
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def _read_image(path: Path, patient: str) -> sitk.Image:
+    if not path.is_file():
+        raise PatientInputError(
+            f"missing ingest output {path.name}", patient=patient, file=str(path)
+        )
+    try:
+        return sitk.ReadImage(str(path), sitk.sitkFloat32)
+    except RuntimeError as error:
+        raise PatientInputError(
+            f"cannot read {path.name}: {error}", patient=patient, file=str(path)
+        ) from error
+
+
+def register_patient(
+    patient: str, ingest_dir: Path, out_dir: Path, options: dict, timer: Timer, *, has_pet: bool
+) -> dict:
+    """Register and resample one patient; return the sidecar's extra fields."""
+    spacing = options.get("target_spacing_mm", [0.977, 0.977, 3.27])
+    with timer("read"):
+        ct = _read_image(ingest_dir / "ct.nii.gz", patient)
+        pet = _read_image(ingest_dir / "pet_suv.nii.gz", patient) if has_pet else None
+    result: dict = {"has_pet": has_pet, "warnings": [], "outputs": {"ct": "ct.nii.gz"}}
+    with timer("resample_ct"):
+        _write_image(resample_to_spacing(ct, spacing, default_value=AIR_HU), out_dir / "ct.nii.gz")
+    if pet is None:
+        return result
+    with timer("register"):
+        kwargs = {key: options[key] for key in REGISTRATION_KEYS if key in options}
+        try:
+            transform, info = register_pet_to_ct(
+                ct, pet, threads=options.get("threads", 2), **kwargs
+            )
+        except PatientInputError as error:
+            error.patient = patient
+            raise
+    with timer("resample_pet"):
+        pet_on_grid = resample_onto(pet, target_grid(ct, spacing), transform, default_value=0.0)
+        _write_image(pet_on_grid, out_dir / "pet.nii.gz")
+    with atomic_path(out_dir / "pet_to_ct.tfm", suffix=".tfm") as tmp:
+        sitk.WriteTransform(transform, str(tmp))
+    result["outputs"].update({"pet": "pet.nii.gz", "transform": "pet_to_ct.tfm"})
+    result["warnings"] = info.pop("warnings")
+    result["registration"] = info
+    result["transform_parameters"] = list(transform.GetParameters())
+    result["grid"] = {
+        "size": pet_on_grid.GetSize(),
+        "spacing_mm": pet_on_grid.GetSpacing(),
+        "origin_mm": pet_on_grid.GetOrigin(),
+        "direction": pet_on_grid.GetDirection(),
+    }
+    return result
+
+
+def run(args: argparse.Namespace, config: dict) -> int:
+    options = dict(config.get("register", {}))
+    ingest_dir, out_dir = Path(args.ingest_dir), Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "stage": "register",
+        "patient": args.patient,
+        "inputs": {"ingest_dir": str(ingest_dir)},
+        "parameters": options,
+    }
+    upstream_path = ingest_dir / "ingest.json"
+    upstream = read_json(upstream_path) if upstream_path.is_file() else {"status": "missing"}
+    if upstream.get("status") != "ok":
+        reason = upstream.get("error", {}).get("message") or f"ingest status {upstream['status']}"
+        log.warning("patient %s: skipped, ingest did not succeed: %s", args.patient, reason)
+        payload = sidecar(
+            **record, status="skipped", upstream={"stage": "ingest", "reason": reason}
+        )
+        write_json_atomic(out_dir / "register.json", payload)
+        return 0
+
+    timer = Timer()
+    try:
+        has_pet = bool(upstream.get("has_pet", (ingest_dir / "pet_suv.nii.gz").is_file()))
+        result = register_patient(
+            args.patient, ingest_dir, out_dir, options, timer, has_pet=has_pet
+        )
+    except PatientInputError as error:
+        error.patient = error.patient or args.patient
+        log.error("%s", error)
+        payload = sidecar(**record, status="failed", error=error.as_dict(), timings=timer.seconds)
+        write_json_atomic(out_dir / "register.json", payload)
+        return 0
+    warnings = result.pop("warnings")
+    for warning in warnings:
+        log.warning("patient %s: %s", args.patient, warning)
+    outputs = result.pop("outputs")
+    payload = sidecar(**record, outputs=outputs, warnings=warnings, timings=timer.seconds, **result)
+    write_json_atomic(out_dir / "register.json", payload)
+    return 0

@@ -1,0 +1,462 @@
+"""Late fusion (seed 003): a logistic or Cox integrator on the unimodal submodels' scores.
+
+Nested without leakage: in outer fold k the integrator is fit only on the scores the submodels
+gave to fold k's VALIDATION patients (whom they were not trained on), then applied to fold k's
+TEST patients. A patient's *pattern* is the set of submodels that scored it (e.g. ``ct+clinical``
+when the PET is missing); one integrator is fit per pattern, on the validation patients that
+have at least those submodels, using only those submodels' scores.
+
+Scores enter the integrator as log-odds: ``logit(p_positive)`` for two classes,
+``log(p_c / p_first)`` per class otherwise, and the raw risk for survival. They are
+standardised inside the integrator pipeline (fit on the validation patients only).
+
+>>> pattern_name(["pet", "ct"])
+'ct+pet'
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.util import Surv
+
+log = logging.getLogger(__name__)
+
+SUBMODELS = ("ct", "pet", "clinical")
+INTEGRATORS = {"late_logistic": "classification", "late_cox": "survival"}
+EPSILON = 1e-6
+
+
+def pattern_name(submodels) -> str:
+    """Canonical name of a set of submodels: known ones in SUBMODELS order, then the rest."""
+    order = {name: i for i, name in enumerate(SUBMODELS)}
+    return "+".join(sorted(set(submodels), key=lambda s: (order.get(s, len(order)), s)))
+
+
+def score_features(
+    predictions: pd.DataFrame, *, submodel: str, task: str, classes: list[str]
+) -> pd.DataFrame:
+    """One submodel's scores as integrator features, indexed by patient_id.
+
+    Columns are ``<submodel>`` (binary log-odds, or survival risk) or ``<submodel>:<class>``
+    (multi-class log-odds against the first class).
+    """
+    index = predictions["patient_id"].astype(str)
+    if task == "survival":
+        return pd.DataFrame({submodel: predictions["risk"].to_numpy(float)}, index=index)
+    probs = predictions[[f"prob_{c}" for c in classes]].to_numpy(float)
+    logs = np.log(np.clip(probs, EPSILON, 1 - EPSILON))
+    if len(classes) == 2:
+        odds = logs[:, 1] - np.log(np.clip(1 - probs[:, 1], EPSILON, 1))
+        return pd.DataFrame({submodel: odds}, index=index)
+    columns = {f"{submodel}:{c}": logs[:, i] - logs[:, 0] for i, c in enumerate(classes) if i}
+    return pd.DataFrame(columns, index=index)
+
+
+def submodel_of(column: str) -> str:
+    return column.split(":", 1)[0]
+
+
+def patterns(scores: pd.DataFrame) -> pd.Series:
+    """Each patient's pattern: the submodels all of whose features it has."""
+    columns: dict[str, list[str]] = {}
+    for column in scores.columns:
+        columns.setdefault(submodel_of(column), []).append(column)
+    complete = {s: scores[cols].notna().all(axis=1).to_numpy() for s, cols in columns.items()}
+    names = [pattern_name(s for s in complete if complete[s][i]) for i in range(len(scores))]
+    return pd.Series(names, index=scores.index, name="pattern")
+
+
+def pattern_columns(columns, pattern: str) -> list[str]:
+    chosen = set(pattern.split("+"))
+    return [c for c in columns if submodel_of(c) in chosen]
+
+
+def make_integrator(kind: str, *, C: float = 1.0, alpha: float = 1.0) -> Pipeline:
+    """Standardise the scores, then logistic regression (``classification``) or ridge Cox."""
+    if kind == "classification":
+        return make_pipeline(
+            StandardScaler(), LogisticRegression(C=C, solver="newton-cg", max_iter=1000)
+        )
+    if kind == "survival":
+        return make_pipeline(StandardScaler(), CoxPHSurvivalAnalysis(alpha=alpha))
+    raise ValueError(f"integrator kind must be classification or survival, got {kind!r}")
+
+
+def _target(kind: str, target: pd.DataFrame):
+    if kind == "classification":
+        return target["y"].to_numpy(int)
+    return Surv.from_arrays(event=target["event"].to_numpy() > 0, time=target["survival_days"])
+
+
+def fit_integrator(
+    features: pd.DataFrame, target: pd.DataFrame, *, kind: str, C: float = 1.0, alpha: float = 1.0
+) -> Pipeline:
+    """Fit one integrator. ``features`` and ``target`` are indexed by patient_id, same rows.
+
+    ``target`` holds ``y`` (class index) for classification, ``survival_days`` and ``event``
+    for survival. The only place an integrator sees patients: tests spy on it for leakage.
+    """
+    if not features.index.equals(target.index):
+        raise ValueError("integrator features and target must have the same patients in order")
+    model = make_integrator(kind, C=C, alpha=alpha)
+    model.fit(features, _target(kind, target))
+    return model
+
+
+def predict_integrator(
+    model: Pipeline, features: pd.DataFrame, *, kind: str, classes: list[str]
+) -> pd.DataFrame:
+    """``prob_<class>`` columns (classification) or ``risk`` (survival), indexed like features."""
+    if kind == "survival":
+        return pd.DataFrame({"risk": model.predict(features)}, index=features.index)
+    probs = np.zeros((len(features), len(classes)))
+    probs[:, model.classes_] = model.predict_proba(features)
+    return pd.DataFrame(probs, index=features.index, columns=[f"prob_{c}" for c in classes])
+
+
+def mean_fallback(features: pd.DataFrame, *, kind: str, classes: list[str]) -> pd.DataFrame:
+    """Unfitted combination when a pattern has too few validation patients: mean log-odds/risk."""
+    if kind == "survival":
+        return pd.DataFrame({"risk": features.mean(axis=1)}, index=features.index)
+    if len(classes) == 2:
+        positive = 1 / (1 + np.exp(-features.mean(axis=1).to_numpy()))
+        probs = np.column_stack([1 - positive, positive])
+    else:
+        logits = np.zeros((len(features), len(classes)))
+        for i, c in enumerate(classes[1:], start=1):
+            logits[:, i] = features[[col for col in features if col.endswith(f":{c}")]].mean(axis=1)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+    return pd.DataFrame(probs, index=features.index, columns=[f"prob_{c}" for c in classes])
+
+
+def why_not_fittable(target: pd.DataFrame, *, kind: str, n_features: int, min_fit: int) -> str:
+    """Empty when an integrator can be fit on these validation patients, else the reason."""
+    if len(target) < max(min_fit, n_features + 1):
+        return f"{len(target)} validation patients, need {max(min_fit, n_features + 1)}"
+    if kind == "classification" and target["y"].nunique() < 2:
+        return "validation patients hold a single class"
+    if kind == "survival" and not (target["event"] > 0).any():
+        return "no event among the validation patients"
+    return ""
+
+
+def _coefficients(model: Pipeline, columns: list[str]) -> dict:
+    estimator = model[-1]
+    coef = np.atleast_2d(estimator.coef_)
+    record = {"coefficients": {c: coef[:, i].tolist() for i, c in enumerate(columns)}}
+    if hasattr(estimator, "intercept_"):
+        record["intercept"] = np.atleast_1d(estimator.intercept_).tolist()
+    return record
+
+
+def _inner_cv_predictions(
+    features: pd.DataFrame, target: pd.DataFrame, *, kind: str, classes: list[str], C, alpha
+) -> tuple[pd.DataFrame, str]:
+    """Cross-validated integrator predictions for the validation patients themselves.
+
+    They let the evaluation choose a threshold on validation scores the integrator was not
+    fit on, as for every other model. Falls back to in-sample predictions when the validation
+    set is too small to split.
+    """
+    model = make_integrator(kind, C=C, alpha=alpha)
+    y = _target(kind, target)
+    if kind == "classification":
+        n_splits = min(5, int(target["y"].value_counts().min()))
+        cv = StratifiedKFold(n_splits) if n_splits >= 2 else None
+        method = "predict_proba"
+    else:
+        cv = KFold(min(5, len(target))) if len(target) >= 4 else None
+        method = "predict"
+    if cv is not None:
+        try:
+            values = cross_val_predict(model, features, y, cv=cv, method=method)
+            if kind == "survival":
+                return pd.DataFrame({"risk": values}, index=features.index), "inner_cv"
+            present = np.unique(target["y"])
+            probs = np.zeros((len(features), len(classes)))
+            probs[:, present] = values
+            columns = [f"prob_{c}" for c in classes]
+            return pd.DataFrame(probs, index=features.index, columns=columns), "inner_cv"
+        except ValueError as error:
+            log.warning("inner cross-validation of the integrator failed (%s); in-sample", error)
+    model.fit(features, y)
+    return predict_integrator(model, features, kind=kind, classes=classes), "in_sample"
+
+
+def integrate_fold(
+    val_scores: pd.DataFrame,
+    val_target: pd.DataFrame,
+    test_scores: pd.DataFrame,
+    *,
+    kind: str,
+    classes: list[str],
+    C: float = 1.0,
+    alpha: float = 1.0,
+    min_fit: int = 5,
+) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """Fit per-pattern integrators on one fold's validation patients and predict its test set.
+
+    Args:
+        val_scores, test_scores: submodel features (``score_features`` joined), indexed by
+            patient_id, NaN where a submodel did not score the patient.
+        val_target: the validation patients' targets, indexed by patient_id (see
+            ``fit_integrator``); patients missing here are not fit on.
+
+    Returns:
+        ``(test_predictions, val_predictions, records)``: predictions indexed by patient_id with
+        a ``pattern`` column; one record per pattern for the summary.
+    """
+    val_scores = val_scores.loc[val_scores.index.intersection(val_target.index)]
+    test_patterns = patterns(test_scores)
+    val_patterns = patterns(val_scores)
+    test_parts, val_parts, records = [], [], []
+    for pattern in sorted(set(test_patterns) | set(val_patterns)):
+        if not pattern:
+            log.warning(
+                "patients %s have no submodel score", list(test_patterns.index[test_patterns == ""])
+            )
+            continue
+        columns = pattern_columns(test_scores.columns, pattern)
+        fit_rows = val_scores[columns].dropna()
+        target = val_target.loc[fit_rows.index]
+        test_x = test_scores.loc[test_patterns == pattern, columns]
+        own_val = val_patterns[val_patterns == pattern].index
+        record = {"pattern": pattern, "n_fit": len(fit_rows), "n_test": len(test_x)}
+        reason = why_not_fittable(target, kind=kind, n_features=len(columns), min_fit=min_fit)
+        if reason:
+            log.warning("pattern %s: %s; using the mean of the submodel scores", pattern, reason)
+            record.update(method="mean_fallback", reason=reason)
+            test_parts.append(
+                mean_fallback(test_x, kind=kind, classes=classes).assign(pattern=pattern)
+            )
+            val_x = val_scores.loc[own_val, columns]
+            val_parts.append(
+                mean_fallback(val_x, kind=kind, classes=classes).assign(pattern=pattern)
+            )
+        else:
+            model = fit_integrator(fit_rows, target, kind=kind, C=C, alpha=alpha)
+            record.update(method="fitted", **_coefficients(model, columns))
+            if len(test_x):
+                predicted = predict_integrator(model, test_x, kind=kind, classes=classes)
+                test_parts.append(predicted.assign(pattern=pattern))
+            inner, how = _inner_cv_predictions(
+                fit_rows, target, kind=kind, classes=classes, C=C, alpha=alpha
+            )
+            record["val_predictions"] = how
+            val_parts.append(inner.loc[inner.index.intersection(own_val)].assign(pattern=pattern))
+        records.append(record)
+    empty = pd.DataFrame(columns=["pattern"])
+    test_out = pd.concat(test_parts) if test_parts else empty
+    val_out = pd.concat(val_parts) if val_parts else empty
+    return test_out, val_out, records
+
+
+# ---------------------------------------------------------------- reading the submodels' files
+
+MODALITY_FLAGS = {"ct": "has_ct", "pet": "has_pet"}
+
+
+def _as_bool(values: pd.Series) -> pd.Series:
+    text = values.astype(str).str.strip().str.lower()
+    return text.isin(["true", "1", "yes", "1.0"])
+
+
+def _read_tsv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype={"patient_id": str, "label": str})
+
+
+def targets(sheet: pd.DataFrame, *, kind: str, classes: list[str]) -> pd.DataFrame:
+    """Integrator targets indexed by patient_id: ``y``, or ``survival_days`` and ``event``."""
+    table = sheet.set_index(sheet["patient_id"].astype(str))
+    if kind == "classification":
+        y = table["label"].map({c: i for i, c in enumerate(classes)})
+        return pd.DataFrame({"y": y}).dropna().astype(int)
+    out = pd.DataFrame(
+        {
+            "survival_days": pd.to_numeric(table["survival_days"], errors="coerce"),
+            "event": pd.to_numeric(table["event"], errors="coerce"),
+        }
+    )
+    return out.dropna()
+
+
+def submodel_fold_scores(
+    *,
+    submodel: str,
+    fold: int,
+    roles: dict[str, list[str]],
+    train_dir: Path,
+    sheet: pd.DataFrame,
+    kind: str,
+    classes: list[str],
+    clinical_C: float = 1.0,
+    clinical_alpha: float = 1.0,
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """One submodel's predictions for fold ``fold``'s test and validation patients.
+
+    Read from ``train_dir/{submodel}/fold{k}/`` when the training engine wrote them; the
+    clinical submodel is otherwise fit here on the fold's training patients. Rows for patients
+    outside the fold's test (or validation) set are dropped. Returns ``(test, val, source)``.
+    """
+    folder = Path(train_dir) / submodel / f"fold{fold}"
+    if (folder / "predictions.tsv").exists():
+        test = _read_tsv(folder / "predictions.tsv")
+        val_path = folder / "val_predictions.tsv"
+        val = _read_tsv(val_path) if val_path.exists() else test.iloc[0:0]
+        source = str(folder)
+    elif submodel == "clinical":
+        from lungfusion.evaluation.clinical import fit_predict_clinical
+
+        scored = fit_predict_clinical(
+            sheet, fit_ids=roles["train"], score_ids=roles["val"] + roles["test"],
+            task=kind, classes=classes, C=clinical_C, alpha=clinical_alpha,
+        )  # fmt: skip
+        test = scored[scored["patient_id"].isin(roles["test"])]
+        val = scored[scored["patient_id"].isin(roles["val"])]
+        source = f"fit here on the {len(roles['train'])} training patients of fold {fold}"
+    else:
+        raise FileNotFoundError(f"no predictions for submodel {submodel!r} in {folder}")
+    test = test[test["patient_id"].astype(str).isin(roles["test"])]
+    val = val[val["patient_id"].astype(str).isin(roles["val"])]
+    return test.reset_index(drop=True), val.reset_index(drop=True), source
+
+
+def _masked_features(
+    predictions: pd.DataFrame, flags: pd.DataFrame, *, submodel: str, kind: str, classes: list[str]
+) -> pd.DataFrame:
+    features = score_features(predictions, submodel=submodel, task=kind, classes=classes)
+    flag = MODALITY_FLAGS.get(submodel)
+    if flag and flag in flags.columns:
+        # a network may still emit a score for a patient whose modality is absent: ignore it
+        absent = flags.index[~_as_bool(flags[flag])]
+        features.loc[features.index.isin(absent)] = np.nan
+    return features
+
+
+def late_fusion(
+    *,
+    name: str,
+    train_dir: str | Path,
+    folds: pd.DataFrame,
+    sheet: pd.DataFrame,
+    classes: list[str],
+    submodels: tuple[str, ...] | list[str] = SUBMODELS,
+    C: float = 1.0,
+    alpha: float = 1.0,
+    clinical_C: float = 1.0,
+    clinical_alpha: float = 1.0,
+    min_fit: int = 5,
+) -> dict:
+    """Run the integrator ``name`` (``late_logistic`` or ``late_cox``) over every outer fold.
+
+    Returns ``{"predictions", "val_predictions", "clinical", "summary"}``: the test and
+    validation prediction tables (with ``fold`` and ``pattern``), the clinical submodel's
+    predictions per fold when fit here, and the summary record.
+    """
+    if name not in INTEGRATORS:
+        raise ValueError(f"integrator must be one of {sorted(INTEGRATORS)}, got {name!r}")
+    kind = INTEGRATORS[name]
+    all_targets = targets(sheet, kind=kind, classes=classes)
+    tests, vals, fold_records, clinical = [], [], [], {}
+    warnings: list[str] = []
+    for fold in sorted(folds["fold"].unique()):
+        part = folds[folds["fold"] == fold]
+        roles = {
+            r: part.loc[part["role"] == r, "patient_id"].astype(str).tolist()
+            for r in ("train", "val", "test")
+        }
+        flags = part.set_index(part["patient_id"].astype(str))
+        test_scores, val_scores, sources = [], [], {}
+        for submodel in submodels:
+            try:
+                test, val, sources[submodel] = submodel_fold_scores(
+                    submodel=submodel, fold=int(fold), roles=roles, train_dir=Path(train_dir),
+                    sheet=sheet, kind=kind, classes=classes,
+                    clinical_C=clinical_C, clinical_alpha=clinical_alpha,
+                )  # fmt: skip
+            except (FileNotFoundError, ValueError) as error:
+                warnings.append(f"fold {fold}: submodel {submodel} left out: {error}")
+                log.warning(warnings[-1])
+                continue
+            if sources[submodel].startswith("fit here"):
+                clinical[int(fold)] = (test, val)
+            test_scores.append(
+                _masked_features(test, flags, submodel=submodel, kind=kind, classes=classes)
+            )
+            val_scores.append(
+                _masked_features(val, flags, submodel=submodel, kind=kind, classes=classes)
+            )
+        if not test_scores:
+            raise ValueError(f"fold {fold}: no submodel predictions at all")
+        test_x = pd.concat(test_scores, axis=1).reindex(roles["test"])
+        val_x = pd.concat(val_scores, axis=1).reindex(roles["val"])
+        val_target = all_targets.loc[all_targets.index.intersection(val_x.index)]
+        predicted, val_predicted, records = integrate_fold(
+            val_x, val_target, test_x, kind=kind, classes=classes, C=C, alpha=alpha, min_fit=min_fit
+        )
+        tests.append(predicted.assign(fold=int(fold)))
+        vals.append(val_predicted.assign(fold=int(fold)))
+        fold_records.append(
+            {"fold": int(fold), "n_val": len(roles["val"]), "n_test": len(roles["test"]),
+             "submodel_sources": sources, "patterns": records}
+        )  # fmt: skip
+    predictions = _with_outcomes(pd.concat(tests), sheet, kind=kind, classes=classes)
+    val_predictions = _with_outcomes(pd.concat(vals), sheet, kind=kind, classes=classes)
+    counts = predictions["pattern"].value_counts().sort_index()
+    summary = {
+        "name": name,
+        "task": kind,
+        "integrator": f"logistic regression (C={C})"
+        if kind == "classification"
+        else f"Cox PH with ridge penalty alpha={alpha} (scikit-survival)",
+        "submodels": list(submodels),
+        "features": "binary: logit(p_positive); multi-class: log(p_c/p_first); survival: risk; "
+        "standardised on the fitting patients",
+        "fit_on": "each outer fold's validation patients, scored by submodels not trained on them; "
+        "never the fold's test patients",
+        "val_predictions": "integrator predictions for validation patients by inner cross-validation",
+        "n_patients": len(predictions),
+        "pattern_counts": {str(k): int(v) for k, v in counts.items()},
+        "folds": fold_records,
+        "warnings": warnings,
+    }
+    return {
+        "predictions": predictions,
+        "val_predictions": val_predictions,
+        "clinical": clinical,
+        "summary": summary,
+    }
+
+
+def _with_outcomes(
+    predicted: pd.DataFrame, sheet: pd.DataFrame, *, kind: str, classes: list[str]
+) -> pd.DataFrame:
+    """Predictions in the model-prediction layout, with label (and survival) from the sheet."""
+    table = sheet.set_index(sheet["patient_id"].astype(str))
+    out = pd.DataFrame(
+        {"patient_id": predicted.index.astype(str), "fold": predicted["fold"].to_numpy()}
+    )
+    out["label"] = (
+        table["label"].reindex(out["patient_id"]).to_numpy() if "label" in table else None
+    )
+    if kind == "classification":
+        for c in classes:
+            out[f"prob_{c}"] = predicted[f"prob_{c}"].to_numpy(float)
+    else:
+        out["risk"] = predicted["risk"].to_numpy(float)
+        for column in ("survival_days", "event"):
+            out[column] = (
+                pd.to_numeric(table[column], errors="coerce").reindex(out["patient_id"]).to_numpy()
+            )
+    out["pattern"] = predicted["pattern"].to_numpy()
+    return out.sort_values(["fold", "patient_id"]).reset_index(drop=True)

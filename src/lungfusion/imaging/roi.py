@@ -1,0 +1,292 @@
+"""Model-input tensors: a fixed-size box of CT, PET and region mask, windowed to [0, 1].
+
+Every strategy yields a :class:`RoiGrid` (origin, spacing, size, the CT's direction) and the
+three images are resampled onto it: CT and PET linearly, the mask by nearest neighbour.
+Where the grid leaves the image, CT is padded with the window minimum and PET and mask with
+0. On the CT's own grid with an integer start the resampling is an exact copy.
+
+Strategies:
+
+- ``pet_hotspot``: box of ``shape`` voxels on the CT grid centred on the SUV maximum inside
+  the region mask dilated by ``HOTSPOT_DILATION_MM`` (no PET: the centre of the region's
+  bounding box, recorded as a fallback);
+- ``lungs``: the region's bounding box resampled to ``shape`` (spacing changes per axis);
+- ``annotation``: box of ``shape`` voxels centred on the union of the PASCAL VOC boxes of
+  Lung-PET-CT-Dx, placed through the ingested CT's slice list (SOPInstanceUID -> slice).
+
+Example::
+
+    grid, info = hotspot_grid(ct, pet, region, shape=(64, 64, 32))
+    arrays = extract_roi(ct, pet, region, grid, ct_window=(-1024, 1024), suv_window=(0, 20))
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from lungfusion.errors import PatientInputError
+
+CROP_STRATEGIES = ("pet_hotspot", "lungs", "annotation")
+HOTSPOT_DILATION_MM = 10.0  # the SUV maximum may sit just outside the region mask
+_COARSE_MM = 4.0  # grid of the dilation (cheap, and the hotspot search needs no more)
+NPZ_KEYS = ("ct", "pet", "lungs", "has_pet", "spacing", "origin")
+
+
+@dataclass(frozen=True)
+class RoiGrid:
+    """An ROI sampling grid: x, y, z order; direction is the CT's."""
+
+    origin: tuple[float, float, float]
+    spacing: tuple[float, float, float]
+    size: tuple[int, int, int]
+    direction: tuple[float, ...]
+
+    def corner_index(self, ct: sitk.Image) -> tuple[list[float], list[float]]:
+        """First and last voxel centres of the grid as continuous indices of ``ct``."""
+        last = self.physical_point([n - 1 for n in self.size])
+        first = ct.TransformPhysicalPointToContinuousIndex(self.origin)
+        return [round(v, 3) for v in first], [
+            round(v, 3) for v in ct.TransformPhysicalPointToContinuousIndex(last)
+        ]
+
+    def physical_point(self, index: list[float]) -> tuple[float, float, float]:
+        direction = np.array(self.direction).reshape(3, 3)
+        offset = direction @ (np.asarray(index, dtype=float) * np.asarray(self.spacing))
+        return tuple(float(v) for v in np.asarray(self.origin) + offset)
+
+
+def fixed_box_grid(
+    ct: sitk.Image, centre_index: list[float], shape: tuple[int, int, int]
+) -> RoiGrid:
+    """A ``shape`` box on the CT grid (integer start) whose centre is nearest ``centre_index``."""
+    _check_shape(shape)
+    start = [
+        int(np.floor(c - (n - 1) / 2.0 + 0.5)) for c, n in zip(centre_index, shape, strict=True)
+    ]
+    origin = ct.TransformContinuousIndexToPhysicalPoint([float(s) for s in start])
+    return RoiGrid(
+        tuple(origin), tuple(ct.GetSpacing()), tuple(int(n) for n in shape), ct.GetDirection()
+    )
+
+
+def hotspot_grid(
+    ct: sitk.Image, pet: sitk.Image | None, region: sitk.Image, *, shape: tuple[int, int, int]
+) -> tuple[RoiGrid, dict]:
+    """Box centred on the SUV maximum inside the dilated region (centre of the region without PET)."""
+    mask = sitk.GetArrayViewFromImage(region) > 0
+    if not mask.any():
+        raise PatientInputError("the region mask is empty: cannot place the ROI")
+    if pet is None:
+        centre = _bbox_centre(mask)
+        info = {"centre_from": "region bounding box centre (no PET)", "fallback": True}
+        return fixed_box_grid(ct, centre, shape), info
+    suv = sitk.GetArrayViewFromImage(pet)
+    search = _dilate_coarse(mask, np.array(ct.GetSpacing()[::-1]), HOTSPOT_DILATION_MM)
+    flat = np.where(search, suv, -np.inf).argmax()
+    z, y, x = np.unravel_index(flat, suv.shape)
+    info = {
+        "centre_from": f"SUV maximum in the region dilated by {HOTSPOT_DILATION_MM:g} mm",
+        "fallback": False,
+        "suv_max": round(float(suv[z, y, x]), 3),
+        "hotspot_index": [int(x), int(y), int(z)],
+    }
+    return fixed_box_grid(ct, [float(x), float(y), float(z)], shape), info
+
+
+def lungs_grid(
+    ct: sitk.Image, region: sitk.Image, *, shape: tuple[int, int, int]
+) -> tuple[RoiGrid, dict]:
+    """The region's bounding box resampled to ``shape`` (spacing = extent / shape per axis)."""
+    _check_shape(shape)
+    mask = sitk.GetArrayViewFromImage(region) > 0
+    if not mask.any():
+        raise PatientInputError("the region mask is empty: cannot place the ROI")
+    low, high = _bbox(mask)  # x, y, z inclusive voxel indices
+    spacing = np.array(ct.GetSpacing())
+    extent = (np.array(high) - np.array(low) + 1) * spacing  # edge to edge in mm
+    new_spacing = extent / np.array(shape)
+    # first new voxel centre: half a new voxel inside the box's first edge
+    first = np.array(low) - 0.5 + 0.5 * new_spacing / spacing
+    origin = ct.TransformContinuousIndexToPhysicalPoint(first.tolist())
+    grid = RoiGrid(
+        tuple(origin), tuple(float(s) for s in new_spacing), tuple(shape), ct.GetDirection()
+    )
+    return grid, {
+        "centre_from": "region bounding box",
+        "lungs_mode": "resampled",
+        "fallback": False,
+    }
+
+
+def annotation_grid(
+    ct: sitk.Image, boxes_physical: list[np.ndarray], *, shape: tuple[int, int, int]
+) -> tuple[RoiGrid, dict]:
+    """Box of ``shape`` on the CT grid centred on the union of annotation boxes.
+
+    ``boxes_physical`` holds (n, 3) arrays of physical corner points of each annotated box.
+    """
+    points = np.concatenate(boxes_physical, axis=0)
+    index = np.array([ct.TransformPhysicalPointToContinuousIndex(p.tolist()) for p in points])
+    centre = (index.min(axis=0) + index.max(axis=0)) / 2.0
+    info = {
+        "centre_from": f"union of {len(boxes_physical)} annotation boxes",
+        "fallback": False,
+        "annotation_index_min": np.round(index.min(axis=0), 2).tolist(),
+        "annotation_index_max": np.round(index.max(axis=0), 2).tolist(),
+    }
+    return fixed_box_grid(ct, centre.tolist(), shape), info
+
+
+def extract_roi(
+    ct: sitk.Image,
+    pet: sitk.Image | None,
+    region: sitk.Image,
+    grid: RoiGrid,
+    *,
+    ct_window: tuple[float, float],
+    suv_window: tuple[float, float],
+) -> dict[str, np.ndarray]:
+    """The NPZ payload: ``ct``, ``pet`` float32 in [0, 1] and ``lungs`` uint8, all (z, y, x)."""
+    _check_window("ct_window", ct_window)
+    _check_window("suv_window", suv_window)
+    ct_roi = _sample(ct, grid, sitk.sitkLinear, float(ct_window[0]))
+    payload = {"ct": _scale(ct_roi, ct_window)}
+    if pet is not None:
+        pet_roi = _sample(pet, grid, sitk.sitkLinear, float(suv_window[0]))
+        payload["pet"] = _scale(pet_roi, suv_window)
+    else:
+        payload["pet"] = np.zeros_like(payload["ct"])
+    payload["lungs"] = (_sample(region, grid, sitk.sitkNearestNeighbor, 0.0) > 0).astype(np.uint8)
+    payload["has_pet"] = np.array(pet is not None)
+    payload["spacing"] = np.asarray(grid.spacing, dtype=np.float64)
+    payload["origin"] = np.asarray(grid.origin, dtype=np.float64)
+    return payload
+
+
+# --- annotations (Lung-PET-CT-Dx PASCAL VOC) -------------------------------------------------
+
+
+def read_voc_boxes(xml_path: str | Path) -> list[dict]:
+    """Boxes of one PASCAL VOC file: ``name``, ``xmin``, ``ymin``, ``xmax``, ``ymax`` (pixels)."""
+    try:
+        root = ET.parse(str(xml_path)).getroot()
+    except ET.ParseError as error:
+        raise PatientInputError(f"unreadable annotation XML: {error}", file=str(xml_path)) from None
+    boxes = []
+    for item in root.iter("object"):
+        box = item.find("bndbox")
+        if box is None:
+            continue
+        values = {key: float(box.findtext(key, "nan")) for key in ("xmin", "ymin", "xmax", "ymax")}
+        if any(np.isnan(v) for v in values.values()):
+            raise PatientInputError("annotation box lacks a coordinate", file=str(xml_path))
+        boxes.append({"name": item.findtext("name", ""), **values})
+    return boxes
+
+
+def annotation_folder(annotation_dir: str | Path, patient: str) -> Path:
+    """``annotation_dir/<letter+digits>`` for IDs like ``Lung_Dx-A0001`` or ``A0001``."""
+    match = re.search(r"([A-Za-z]\d+)$", patient)
+    key = match.group(1) if match else patient
+    for candidate in (Path(annotation_dir) / key, Path(annotation_dir) / patient):
+        if candidate.is_dir():
+            return candidate
+    return Path(annotation_dir) / key
+
+
+def annotation_boxes_physical(
+    annotation_dir: str | Path, patient: str, ct_slices: list[dict], ingest_ct: sitk.Image
+) -> tuple[list[np.ndarray], list[str]]:
+    """Physical corners of every annotated box of a patient, and the XML files used.
+
+    ``ct_slices`` is the ingest sidecar's list of {sop_instance_uid, frame, index}; box pixels
+    (x = column, y = row) on slice ``index`` of the ingested CT map to physical points.
+    """
+    folder = annotation_folder(annotation_dir, patient)
+    slice_of = {s["sop_instance_uid"]: int(s["index"]) for s in ct_slices}
+    boxes, used = [], []
+    for xml_path in sorted(folder.glob("*.xml")):
+        index = slice_of.get(xml_path.stem)
+        if index is None:
+            continue
+        for box in read_voc_boxes(xml_path):
+            corners = [
+                (x, y, float(index))
+                for x in (box["xmin"], box["xmax"])
+                for y in (box["ymin"], box["ymax"])
+            ]
+            points = [ingest_ct.TransformContinuousIndexToPhysicalPoint(c) for c in corners]
+            boxes.append(np.array(points))
+        used.append(xml_path.name)
+    return boxes, used
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _sample(image: sitk.Image, grid: RoiGrid, interpolator: int, default: float) -> np.ndarray:
+    resampled = sitk.Resample(
+        sitk.Cast(image, sitk.sitkFloat32),
+        list(grid.size),
+        sitk.Transform(),
+        interpolator,
+        list(grid.origin),
+        list(grid.spacing),
+        list(grid.direction),
+        default,
+        sitk.sitkFloat32,
+    )
+    return sitk.GetArrayFromImage(resampled)
+
+
+def _scale(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    low, high = float(window[0]), float(window[1])
+    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def _bbox(mask: np.ndarray) -> tuple[list[int], list[int]]:
+    """Inclusive bounding box of a (z, y, x) mask as x, y, z lists."""
+    low, high = [], []
+    for axis in (2, 1, 0):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        low.append(int(hits[0]))
+        high.append(int(hits[-1]))
+    return low, high
+
+
+def _bbox_centre(mask: np.ndarray) -> list[float]:
+    low, high = _bbox(mask)
+    return [(a + b) / 2.0 for a, b in zip(low, high, strict=True)]
+
+
+def _dilate_coarse(mask: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Dilation by about ``radius_mm`` on a ~4 mm grid (block-wise OR), back on the fine grid."""
+    factors = np.maximum(1, np.round(_COARSE_MM / spacing_zyx)).astype(int)
+    shape = [int(np.ceil(n / f)) for n, f in zip(mask.shape, factors, strict=True)]
+    padded = np.zeros([n * f for n, f in zip(shape, factors, strict=True)], dtype=bool)
+    padded[tuple(slice(0, n) for n in mask.shape)] = mask
+    coarse = padded.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2])
+    coarse = coarse.any(axis=(1, 3, 5))
+    distance = ndi.distance_transform_edt(~coarse, sampling=spacing_zyx * factors)
+    dilated = distance <= radius_mm
+    for axis, factor in enumerate(factors):
+        dilated = np.repeat(dilated, factor, axis=axis)
+    return dilated[tuple(slice(0, n) for n in mask.shape)]
+
+
+def _check_shape(shape: tuple[int, int, int]) -> None:
+    if len(shape) != 3 or any(int(n) != n or n < 1 for n in shape):
+        raise ValueError(f"roi shape must be three positive integers (x, y, z), got {shape!r}")
+
+
+def _check_window(name: str, window: tuple[float, float]) -> None:
+    if len(window) != 2 or not float(window[0]) < float(window[1]):
+        raise ValueError(f"{name} must be [low, high] with low < high, got {window!r}")

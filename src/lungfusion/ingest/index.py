@@ -1,0 +1,256 @@
+"""Walk a DICOM tree reading headers only and summarise it as one row per series.
+
+Any folder layout and file names; files that are not DICOM and DICOMDIR are skipped, and files
+that look like DICOM but cannot be read are returned in ``unreadable`` (the command logs them).
+Only the tags the selection needs are parsed (``specific_tags``), pixels never.
+
+Each series row (see :data:`SERIES_COLUMNS`) carries geometry in the units named by the column;
+``coverage_mm`` is the extent along the slice normal from the first to the last slice centre
+plus one slice thickness. Files of a series whose geometry (rows, columns, orientation) differs
+from the series' majority (a localizer filed under the same UID, say) are left out of its file
+list and counted in ``note``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+
+log = logging.getLogger(__name__)
+
+HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "SeriesTime",
+    "AcquisitionTime",
+    "Modality",
+    "ImageType",
+    "SeriesDescription",
+    "PatientID",
+    "SliceThickness",
+    "PatientPosition",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "FrameOfReferenceUID",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "CorrectedImage",
+    "Units",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+)
+SPECIFIC_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+
+SERIES_COLUMNS = (
+    "patient_id",
+    "study_uid",
+    "series_uid",
+    "modality",
+    "sop_class",
+    "image_type",
+    "series_description",
+    "n_images",
+    "n_frames",
+    "rows",
+    "columns",
+    "pixel_spacing_mm",
+    "slice_thickness_mm",
+    "coverage_mm",
+    "orientation",
+    "patient_position",
+    "photometric",
+    "samples_per_pixel",
+    "units",
+    "corrected_image",
+    "frame_of_reference",
+    "series_date",
+    "series_time",
+    "folder",
+    "note",
+)
+
+
+@dataclass
+class FileHeader:
+    path: str
+    ds: pydicom.Dataset
+
+
+def _read_header(path: str) -> pydicom.Dataset | None:
+    """The header, or None for a file that is not DICOM. Raises for a broken DICOM file."""
+    with open(path, "rb") as handle:
+        handle.seek(128)
+        if handle.read(4) != b"DICM":
+            return None  # no DICOM preamble: a README, a spreadsheet, a picture...
+    return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=SPECIFIC_TAGS)
+
+
+def walk_headers(root: str | Path) -> tuple[list[FileHeader], list[tuple[str, str]]]:
+    """Every DICOM image header under ``root`` and the (path, reason) of unreadable files."""
+    headers: list[FileHeader] = []
+    unreadable: list[tuple[str, str]] = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        subfolders.sort()
+        for name in sorted(names):
+            if name.upper() == "DICOMDIR":
+                continue
+            path = os.path.join(folder, name)
+            try:
+                ds = _read_header(path)
+            except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
+                unreadable.append((path, f"{type(exc).__name__}: {exc}"))
+                continue
+            if ds is None:
+                continue
+            media_class = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
+            if media_class == DICOMDIR_CLASS:
+                continue
+            if "SeriesInstanceUID" not in ds:  # every DICOM object has one: cut short?
+                unreadable.append((path, "no SeriesInstanceUID (truncated file?)"))
+                continue
+            headers.append(FileHeader(path, ds))
+    return headers, unreadable
+
+
+# ---------------------------------------------------------------- per-series summary
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
+
+
+def _floats(value) -> np.ndarray | None:
+    try:
+        return np.array([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        return None
+
+
+def _plane(ds: pydicom.Dataset, keyword: str, sequence: str):
+    """A plane tag from the top level or the first frame of an enhanced multi-frame header."""
+    if keyword in ds:
+        return ds.get(keyword)
+    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        items = ds.get(groups)
+        if items and sequence in items[0]:
+            return items[0][sequence][0].get(keyword)
+    return None
+
+
+def _frame_positions(ds: pydicom.Dataset) -> list[np.ndarray]:
+    if "ImagePositionPatient" in ds:
+        position = _floats(ds.ImagePositionPatient)
+        return [] if position is None else [position]
+    positions = []
+    for item in ds.get("PerFrameFunctionalGroupsSequence") or []:
+        if "PlanePositionSequence" in item:
+            position = _floats(item.PlanePositionSequence[0].get("ImagePositionPatient"))
+            if position is not None:
+                positions.append(position)
+    return positions
+
+
+def orientation_label(orientation: np.ndarray | None) -> str:
+    """axial, coronal, sagittal (slice normal within ~25 degrees of an axis) or oblique."""
+    if orientation is None or orientation.shape != (6,):
+        return ""
+    normal = np.cross(orientation[:3], orientation[3:])
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < 0.9:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+def _geometry_key(ds: pydicom.Dataset) -> tuple:
+    orientation = _floats(_plane(ds, "ImageOrientationPatient", "PlaneOrientationSequence") or [])
+    rounded = tuple(np.round(orientation, 2)) if orientation is not None else ()
+    return (ds.get("Rows"), ds.get("Columns"), rounded)
+
+
+def summarise_series(files: list[FileHeader], root: Path) -> tuple[dict, list[str]]:
+    """One series row and its file list (the files of the majority geometry)."""
+    keys = [_geometry_key(f.ds) for f in files]
+    majority, _ = Counter(keys).most_common(1)[0]
+    kept = [f for f, key in zip(files, keys, strict=True) if key == majority]
+    left_out = len(files) - len(kept)
+    first = kept[0].ds
+    orientation = _floats(
+        _plane(first, "ImageOrientationPatient", "PlaneOrientationSequence") or []
+    )
+    spacing = _floats(_plane(first, "PixelSpacing", "PixelMeasuresSequence") or [])
+    thickness = _floats([_plane(first, "SliceThickness", "PixelMeasuresSequence")])
+    thickness_mm = float(thickness[0]) if thickness is not None else None
+    positions = [p for f in kept for p in _frame_positions(f.ds)]
+    coverage = None
+    if orientation is not None and orientation.shape == (6,) and positions:
+        normal = np.cross(orientation[:3], orientation[3:])
+        along = np.array([p @ normal for p in positions])
+        coverage = float(along.max() - along.min()) + (thickness_mm or 0.0)
+    folders = sorted({os.path.relpath(os.path.dirname(f.path), root) for f in kept})
+    n_frames = sum(int(f.ds.get("NumberOfFrames", 1) or 1) for f in kept)
+    row = {
+        "patient_id": _text(first, "PatientID"),
+        "study_uid": _text(first, "StudyInstanceUID"),
+        "series_uid": _text(first, "SeriesInstanceUID"),
+        "modality": _text(first, "Modality"),
+        "sop_class": _text(first, "SOPClassUID"),
+        "image_type": _text(first, "ImageType"),
+        "series_description": _text(first, "SeriesDescription"),
+        "n_images": len(kept),
+        "n_frames": n_frames,
+        "rows": first.get("Rows"),
+        "columns": first.get("Columns"),
+        "pixel_spacing_mm": "\\".join(f"{v:g}" for v in spacing) if spacing is not None else "",
+        "slice_thickness_mm": thickness_mm,
+        "coverage_mm": round(coverage, 3) if coverage is not None else None,
+        "orientation": orientation_label(orientation),
+        "patient_position": _text(first, "PatientPosition"),
+        "photometric": _text(first, "PhotometricInterpretation"),
+        "samples_per_pixel": first.get("SamplesPerPixel"),
+        "units": _text(first, "Units"),
+        "corrected_image": _text(first, "CorrectedImage"),
+        "frame_of_reference": _text(first, "FrameOfReferenceUID"),
+        "series_date": _text(first, "SeriesDate") or _text(first, "StudyDate"),
+        "series_time": _text(first, "SeriesTime") or _text(first, "AcquisitionTime"),
+        "folder": ";".join(folders),
+        "note": f"{left_out} file(s) with other geometry left out" if left_out else "",
+    }
+    return row, sorted(f.path for f in kept)
+
+
+def index_tree(root: str | Path) -> tuple[list[dict], dict[str, list[str]], list[tuple[str, str]]]:
+    """Series rows, the files of each series (by series UID) and the unreadable files."""
+    root = Path(root).resolve()
+    headers, unreadable = walk_headers(root)
+    by_series: dict[str, list[FileHeader]] = defaultdict(list)
+    for header in headers:
+        by_series[str(header.ds.SeriesInstanceUID)].append(header)
+    rows, files = [], {}
+    for series_uid in sorted(by_series):
+        row, paths = summarise_series(by_series[series_uid], root)
+        rows.append(row)
+        files[series_uid] = paths
+    return rows, files, unreadable

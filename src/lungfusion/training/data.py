@@ -1,0 +1,173 @@
+"""MONAI datasets over the ROI tensors, with the training augmentation.
+
+Each record names one patient's ``results/roi/{pid}.npz`` plus its target. ``LoadRoid`` reads
+the file into channel-first arrays; ``CacheDataset`` keeps those in memory, and only the random
+transforms (flip, small rotation, intensity jitter) run again each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from monai.data import CacheDataset
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    MapTransform,
+    RandFlipd,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+
+IMAGE_KEYS = ("ct", "pet")
+NUMERIC_CLINICAL = ("age", "weight_kg", "pack_years")
+CATEGORICAL_CLINICAL = ("sex", "smoking", "t_stage", "n_stage", "m_stage")
+
+
+class LoadRoid(MapTransform):
+    """Read ``data["path"]`` (an ROI npz) into ``ct`` and ``pet`` of shape (1, z, y, x) and
+    ``has_pet``; PET is zeros where the patient has none."""
+
+    def __init__(self, path_key: str = "path") -> None:
+        super().__init__(keys=[path_key])
+        self.path_key = path_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        out = dict(data)
+        with np.load(out[self.path_key]) as roi:
+            ct = roi["ct"].astype(np.float32)
+            pet = roi["pet"].astype(np.float32) if "pet" in roi else np.zeros_like(ct)
+            has_pet = bool(roi["has_pet"]) if "has_pet" in roi else bool(pet.any())
+        if ct.ndim != 3 or pet.shape != ct.shape:
+            raise ValueError(
+                f"{out[self.path_key]}: expected ct and pet of the same 3D shape, "
+                f"got {ct.shape} and {pet.shape}"
+            )
+        out["ct"], out["pet"], out["has_pet"] = ct[None], pet[None], np.bool_(has_pet)
+        return out
+
+
+def augmentation(
+    *, flip: bool = True, rotate_deg: float = 10.0, intensity_jitter: float = 0.1
+) -> list:
+    """The random transforms, the same for CT and PET so they stay aligned."""
+    if rotate_deg < 0 or intensity_jitter < 0:
+        raise ValueError("rotate_deg and intensity_jitter must not be negative")
+    keys = list(IMAGE_KEYS)
+    transforms: list = []
+    if flip:  # left-right mirror (x is the last axis)
+        transforms.append(RandFlipd(keys=keys, prob=0.5, spatial_axis=2))
+    if rotate_deg > 0:  # in-plane: about the z axis, the first spatial axis of (C, z, y, x)
+        angle = math.radians(rotate_deg)
+        transforms.append(
+            RandRotated(keys=keys, range_x=angle, prob=0.5, keep_size=True, padding_mode="zeros")
+        )
+    if intensity_jitter > 0:
+        transforms.append(RandScaleIntensityd(keys=keys, factors=intensity_jitter, prob=0.5))
+        transforms.append(RandShiftIntensityd(keys=keys, offsets=intensity_jitter, prob=0.5))
+    return transforms
+
+
+def roi_dataset(records: Sequence[dict], *, augment: dict | None = None) -> CacheDataset:
+    """An in-memory dataset; ``augment`` (flip, rotate_deg, intensity_jitter) adds the random
+    transforms, ``None`` gives the plain evaluation dataset."""
+    transforms = [LoadRoid()]
+    if augment is not None:
+        transforms += augmentation(**augment)
+    transforms.append(EnsureTyped(keys=list(IMAGE_KEYS), data_type="tensor", track_meta=False))
+    return CacheDataset(
+        data=list(records), transform=Compose(transforms), cache_rate=1.0, progress=False
+    )
+
+
+def make_records(
+    patients: pd.DataFrame,
+    roi_dir: str | Path,
+    *,
+    task: str = "classification",
+    classes: Sequence[str] = (),
+    tabular: pd.DataFrame | None = None,
+) -> list[dict]:
+    """One record per patient: ``patient_id``, ``path``, and ``label`` (class index) or
+    ``time`` and ``event``; ``tab`` (float32 vector) when ``tabular`` is given."""
+    records = []
+    for row in patients.to_dict("records"):
+        pid = str(row["patient_id"])
+        path = Path(roi_dir) / f"{pid}.npz"
+        if not path.exists():
+            raise FileNotFoundError(f"ROI file missing for patient {pid}: {path}")
+        record = {"patient_id": pid, "path": str(path)}
+        if task == "survival":
+            record["time"] = np.float32(row["survival_days"])
+            record["event"] = np.float32(row["event"])
+        else:
+            if row["label"] not in classes:
+                raise ValueError(f"patient {pid}: label {row['label']!r} not in {list(classes)}")
+            record["label"] = np.int64(list(classes).index(row["label"]))
+        if tabular is not None:
+            record["tab"] = tabular.loc[pid].to_numpy(dtype=np.float32)
+        records.append(record)
+    return records
+
+
+def tabular_features(
+    sheet: pd.DataFrame,
+    *,
+    fit_ids: Sequence[str],
+    numeric: Sequence[str] = NUMERIC_CLINICAL,
+    categorical: Sequence[str] = CATEGORICAL_CLINICAL,
+) -> pd.DataFrame:
+    """Clinical columns as model input, indexed by patient_id.
+
+    Numeric columns are z-scored and categorical ones one-hot encoded, with statistics and
+    categories from the ``fit_ids`` patients only (the fold's training set, so nothing leaks
+    from validation or test); missing values become the training mean (0 after scaling) and an
+    all-zero one-hot row. Columns absent from the sheet are skipped.
+    """
+    sheet = sheet.assign(patient_id=sheet.patient_id.astype(str)).set_index("patient_id")
+    fit = sheet.loc[list(fit_ids)]
+    parts = []
+    for column in numeric:
+        if column not in sheet.columns:
+            continue
+        values = pd.to_numeric(sheet[column], errors="coerce")
+        fit_values = pd.to_numeric(fit[column], errors="coerce")
+        mean = fit_values.mean()
+        std = fit_values.std()
+        std = std if std and np.isfinite(std) else 1.0
+        parts.append(((values - mean) / std).fillna(0.0).rename(column))
+    for column in categorical:
+        if column not in sheet.columns:
+            continue
+        for category in sorted(fit[column].dropna().astype(str).unique()):
+            parts.append(
+                (sheet[column].astype(str) == category).astype(float).rename(f"{column}={category}")
+            )
+    if not parts:
+        raise ValueError(
+            f"no clinical columns found in the sample sheet (looked for {list(numeric) + list(categorical)})"
+        )
+    return pd.concat(parts, axis=1).astype(np.float32)
+
+
+def roi_shape(record: dict) -> tuple[int, int, int]:
+    """(z, y, x) of a record's ROI tensors, read from the file header."""
+    with np.load(record["path"]) as roi:
+        return tuple(int(n) for n in roi["ct"].shape)
+
+
+def split_by_modality(
+    patients: pd.DataFrame, modalities: set[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, excluded): patients lacking an imaging modality the model reads are excluded."""
+    keep = pd.Series(True, index=patients.index)
+    for modality in ("ct", "pet"):
+        column = f"has_{modality}"
+        if modality in modalities and column in patients.columns:
+            keep &= patients[column].astype(str).str.lower().isin(["true", "1", "yes"])
+    return patients[keep], patients[~keep]

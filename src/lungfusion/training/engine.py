@@ -1,0 +1,584 @@
+"""One training engine for every model: fit with model selection, early stopping and resume,
+then score the fold's validation and test patients.
+
+Repeatability: each epoch reseeds torch, the augmentation and the loader from (seed, epoch),
+so a run resumed from ``last.pt`` after a kill follows exactly the path of an uninterrupted run
+on the CPU. ``last.pt`` is written after every epoch and holds everything needed to go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from monai.data import DataLoader
+from torch import nn
+from torch.utils.data import WeightedRandomSampler
+from tqdm.auto import tqdm
+
+from lungfusion.artifacts import atomic_path, software_versions, write_json_atomic
+from lungfusion.training.data import roi_dataset
+from lungfusion.training.device import (
+    autocast,
+    device_description,
+    memory_format,
+    resolve_device,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_gmean", "lr", "seconds"]
+BATCH_KEYS = ("ct", "pet", "has_pet", "tab")
+OPTIMIZERS = ("adam", "sgd")
+IMBALANCE = ("class_weight", "oversample", "none")
+SELECTION = ("gmean", "loss", "auc")
+TASKS = ("classification", "survival")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that shapes a training run (the ``train`` config section plus the task)."""
+
+    task: str = "classification"
+    classes: tuple[str, ...] = ("ADC", "SQC")
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_step_epochs: int = 25
+    lr_gamma: float = 0.1
+    optimizer: str = "adam"
+    imbalance: str = "class_weight"
+    selection_metric: str = "gmean"
+    early_stopping_patience: int = 10
+    augment: dict = field(
+        default_factory=lambda: {"flip": True, "rotate_deg": 10.0, "intensity_jitter": 0.1}
+    )
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("task", self.task, TASKS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("imbalance", self.imbalance, IMBALANCE)
+        _check_choice("selection_metric", self.selection_metric, SELECTION)
+        for name in ("epochs", "batch_size", "lr_step_epochs", "early_stopping_patience"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.lr_gamma <= 0:
+            raise ValueError("lr and lr_gamma must be positive")
+        if self.task == "classification" and len(self.classes) < 2:
+            raise ValueError(f"classification needs at least two classes, got {self.classes}")
+        object.__setattr__(self, "classes", tuple(self.classes))
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.task == "survival" else len(self.classes)
+
+    def identity(self) -> dict:
+        """The settings that change the result (not the device, workers or progress bar)."""
+        values = asdict(self)
+        for name in ("device", "num_workers", "progress"):
+            values.pop(name)
+        return values
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def config_hash(payload: dict) -> str:
+    """A short stable hash of a JSON-able dict, stored in checkpoints to decide on resuming."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class FitResult:
+    best_state: dict
+    best_epoch: int
+    best_metric: float
+    best_val_loss: float
+    history: list[dict]
+    epochs_run: int
+    stopped_early: bool
+    resumed_from_epoch: int
+    device: str
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------- losses
+
+
+def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+    """Negative Cox partial log-likelihood (Breslow ties), averaged over events.
+
+    The risk set of patient i is every patient with time >= t_i in the batch.
+    """
+    risk = risk.reshape(-1).float()
+    at_risk = time.reshape(1, -1) >= time.reshape(-1, 1)  # [i, j]: j at risk when i fails
+    masked = risk.reshape(1, -1).expand_as(at_risk).masked_fill(~at_risk, float("-inf"))
+    log_risk_set = torch.logsumexp(masked, dim=1)
+    events = event.reshape(-1).float()
+    if events.sum() == 0:
+        return risk.sum() * 0.0  # no event in the batch: no information, keep the graph
+    return -((risk - log_risk_set) * events).sum() / events.sum()
+
+
+def class_weights(labels: Sequence[int], n_classes: int) -> torch.Tensor:
+    """Balanced weights n / (K * n_k), as scikit-learn's ``class_weight='balanced'``."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes).astype(float)
+    weights = len(labels) / (n_classes * np.maximum(counts, 1.0))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+def gmean_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Geometric mean of per-class recall (sensitivity x specificity for two classes)."""
+    predicted = probs.argmax(axis=1)
+    recalls = [np.mean(predicted[labels == k] == k) for k in np.unique(labels)]
+    if len(recalls) < probs.shape[1]:
+        return 0.0  # a class absent from the set: recall undefined, count it as a miss
+    return float(np.prod(recalls) ** (1.0 / len(recalls)))
+
+
+def auc_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    present = np.unique(labels)
+    if len(present) < probs.shape[1]:
+        return float("nan")
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+
+
+def cindex_score(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    from sksurv.exceptions import NoComparablePairException
+    from sksurv.metrics import concordance_index_censored
+
+    try:
+        return float(concordance_index_censored(event.astype(bool), time, risk)[0])
+    except NoComparablePairException:  # e.g. no event among the validation patients
+        return float("nan")
+
+
+# ---------------------------------------------------------------------------------- loaders
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _train_loader(dataset, records: list[dict], settings: TrainSettings, epoch: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(_epoch_seed(settings.seed, epoch))
+    sampler = None
+    if settings.task == "classification" and settings.imbalance == "oversample":
+        labels = np.array([r["label"] for r in records])
+        per_class = np.bincount(labels, minlength=len(settings.classes)).astype(float)
+        weights = 1.0 / np.maximum(per_class[labels], 1.0)
+        sampler = WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double), len(records), generator=generator
+        )
+    # a lone last sample would break batch norm after global pooling
+    drop_last = len(records) % settings.batch_size == 1 and len(records) > 1
+    return DataLoader(
+        dataset,
+        batch_size=settings.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator,
+        drop_last=drop_last,
+        num_workers=settings.num_workers,
+    )
+
+
+def _eval_loader(dataset, settings: TrainSettings) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=settings.batch_size, shuffle=False, num_workers=settings.num_workers
+    )
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    layout = memory_format(device)
+    out = {}
+    for key in BATCH_KEYS:
+        if key not in batch:
+            continue
+        value = torch.as_tensor(batch[key]).to(device, non_blocking=True)
+        if value.ndim == 5:
+            value = value.contiguous(memory_format=layout)
+        out[key] = value
+    out["has_pet"] = out["has_pet"].bool().reshape(-1)
+    return out
+
+
+# ------------------------------------------------------------------------------------- core
+
+
+class Trainer:
+    """Fits one model on one fold's training patients, selecting on its validation patients."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        settings: TrainSettings,
+        out_dir: str | Path,
+        run_hash: str,
+        model_meta: dict | None = None,
+    ) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.model = model.to(self.device, memory_format=memory_format(self.device))
+        self.out_dir = Path(out_dir)
+        self.run_hash = run_hash
+        self.model_meta = model_meta or {}
+        self.weights: torch.Tensor | None = None
+
+    # -- loss and scoring
+    def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+        outputs = outputs.float()
+        if self.settings.task == "survival":
+            return cox_loss(outputs, batch["time"].to(self.device), batch["event"].to(self.device))
+        weight = None if self.weights is None else self.weights.to(self.device)
+        return F.cross_entropy(outputs, batch["label"].to(self.device), weight=weight)
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> tuple[float, np.ndarray, list[dict]]:
+        """Mean loss over the set, the outputs (probabilities or risks) and the raw targets."""
+        self.model.eval()
+        outputs, targets, ids = [], [], []
+        for batch in loader:
+            with autocast(self.device):
+                raw = self.model(_to_device(batch, self.device))
+            raw = raw.float()
+            outputs.append(raw.cpu())
+            ids += list(batch["patient_id"])
+            targets.append({k: batch[k] for k in ("label", "time", "event") if k in batch})
+        raw_all = torch.cat(outputs)
+        merged = {k: torch.cat([t[k] for t in targets]) for k in targets[0]}
+        loss = float(self.loss(raw_all.to(self.device), merged))
+        if self.settings.task == "survival":
+            values = raw_all.reshape(-1).numpy()
+        else:
+            values = torch.softmax(raw_all, dim=1).numpy()
+        rows = [
+            {"patient_id": pid, **{k: v[i].item() for k, v in merged.items()}}
+            for i, pid in enumerate(ids)
+        ]
+        return loss, values, rows
+
+    def metrics(self, values: np.ndarray, rows: list[dict]) -> dict:
+        if self.settings.task == "survival":
+            time_ = np.array([r["time"] for r in rows])
+            event = np.array([r["event"] for r in rows])
+            return {"val_cindex": cindex_score(time_, event, values)}
+        labels = np.array([r["label"] for r in rows], dtype=int)
+        return {"val_auc": auc_score(labels, values), "val_gmean": gmean_score(labels, values)}
+
+    def selection_score(self, row: dict) -> tuple[float, float]:
+        """Larger is better: (chosen metric, minus validation loss as the tie-break)."""
+        metric = self.settings.selection_metric
+        if metric == "loss":
+            return (-row["val_loss"], 0.0)
+        if self.settings.task == "survival":
+            value = row["val_cindex"]
+        else:
+            value = row["val_auc"] if metric == "auc" else row["val_gmean"]
+        value = value if np.isfinite(value) else -math.inf
+        return (value, -row["val_loss"])
+
+    # -- optimisation
+    def _optimiser(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
+        params = self.model.parameters()
+        if self.settings.optimizer == "adam":
+            optimiser = torch.optim.Adam(params, lr=self.settings.lr)
+        else:
+            optimiser = torch.optim.SGD(params, lr=self.settings.lr, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimiser, step_size=self.settings.lr_step_epochs, gamma=self.settings.lr_gamma
+        )
+        return optimiser, scheduler
+
+    def _train_epoch(self, loader: DataLoader, optimiser: torch.optim.Optimizer) -> float:
+        self.model.train()
+        total, count = 0.0, 0
+        for batch in loader:
+            optimiser.zero_grad(set_to_none=True)
+            with autocast(self.device):
+                outputs = self.model(_to_device(batch, self.device))
+            loss = self.loss(outputs, batch)
+            loss.backward()
+            optimiser.step()
+            size = len(batch["patient_id"])
+            total += float(loss.detach()) * size
+            count += size
+        return total / max(count, 1)
+
+    def fit(
+        self,
+        train_records: list[dict],
+        val_records: list[dict],
+        *,
+        on_epoch_end: Callable[[int, dict], None] | None = None,
+    ) -> FitResult:
+        """Train with selection on ``val_records``; resume from ``last.pt`` when it matches."""
+        started = time.perf_counter()
+        settings = self.settings
+        seed_everything(settings.seed)
+        if settings.task == "classification" and settings.imbalance == "class_weight":
+            self.weights = class_weights([r["label"] for r in train_records], len(settings.classes))
+        train_set = roi_dataset(train_records, augment=dict(settings.augment))
+        val_loader = _eval_loader(roi_dataset(val_records), settings)
+        optimiser, scheduler = self._optimiser()
+        state = self._resume(optimiser, scheduler)
+        history, best = state["history"], state["best"]
+        resumed_from = state["epoch"]
+        bar = tqdm(
+            range(state["epoch"], settings.epochs),
+            initial=state["epoch"],
+            total=settings.epochs,
+            desc=self.model_meta.get("name", "train"),
+            disable=not settings.progress,
+            leave=False,
+        )
+        for epoch in bar:
+            if state["finished"]:
+                break
+            epoch_start = time.perf_counter()
+            torch.manual_seed(_epoch_seed(settings.seed, epoch))
+            lr = optimiser.param_groups[0]["lr"]
+            train_loss = self._train_epoch(
+                _train_loader(train_set, train_records, settings, epoch), optimiser
+            )
+            scheduler.step()
+            val_loss, values, rows = self.evaluate(val_loader)
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss}
+            row.update({"val_auc": math.nan, "val_gmean": math.nan})
+            row.update(self.metrics(values, rows))
+            row.update({"lr": lr, "seconds": round(time.perf_counter() - epoch_start, 3)})
+            history.append(row)
+            score = self.selection_score(row)
+            if best is None or score > tuple(best["score"]):
+                best = {"epoch": epoch + 1, "score": list(score), "val_loss": val_loss}
+                self._save_best(best)
+                state["bad_epochs"] = 0
+            else:
+                state["bad_epochs"] += 1
+            stop = state["bad_epochs"] >= settings.early_stopping_patience
+            state.update(epoch=epoch + 1, history=history, best=best)
+            state["finished"] = stop or epoch + 1 == settings.epochs
+            state["stopped_early"] = stop and epoch + 1 < settings.epochs
+            self._save_last(state, optimiser, scheduler)
+            self._write_history(history)
+            bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, row)
+            if stop:
+                log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
+                break
+        bar.close()
+        best_state = torch.load(self.out_dir / "model.pt", map_location="cpu", weights_only=False)
+        self.model.load_state_dict(best_state["state_dict"])
+        return FitResult(
+            best_state=best_state["state_dict"],
+            best_epoch=best["epoch"],
+            best_metric=float(best["score"][0]),
+            best_val_loss=float(best["val_loss"]),
+            history=history,
+            epochs_run=state["epoch"],
+            stopped_early=bool(state.get("stopped_early", False)),
+            resumed_from_epoch=resumed_from,
+            device=device_description(self.device),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    # -- checkpoints
+    def _resume(self, optimiser, scheduler) -> dict:
+        fresh = {"epoch": 0, "history": [], "best": None, "bad_epochs": 0, "finished": False}
+        path = self.out_dir / "last.pt"
+        if not path.exists():
+            return fresh
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("config_hash") != self.run_hash:
+            log.info("ignoring %s: it was written under another configuration", path)
+            return fresh
+        self.model.load_state_dict(saved["model_state"])
+        optimiser.load_state_dict(saved["optimizer_state"])
+        scheduler.load_state_dict(saved["scheduler_state"])
+        _set_rng_states(saved["rng"])
+        log.info("resuming from %s after epoch %d", path, saved["epoch"])
+        return {k: saved[k] for k in (*fresh, "stopped_early") if k in saved}
+
+    def _save_best(self, best: dict) -> None:
+        payload = {
+            "state_dict": _cpu_state(self.model),
+            "epoch": best["epoch"],
+            "selection_metric": self.settings.selection_metric,
+            "score": best["score"],
+            "val_loss": best["val_loss"],
+            "config_hash": self.run_hash,
+            "task": self.settings.task,
+            "classes": list(self.settings.classes),
+            "model": self.model_meta,
+        }
+        with atomic_path(self.out_dir / "model.pt") as tmp:
+            torch.save(payload, tmp)
+
+    def _save_last(self, state: dict, optimiser, scheduler) -> None:
+        payload = {
+            **state,
+            "config_hash": self.run_hash,
+            "model_state": _cpu_state(self.model),
+            "optimizer_state": optimiser.state_dict(),
+            "scheduler_state": scheduler.state_dict(),
+            "rng": _rng_states(),
+            "model": self.model_meta,
+        }
+        with atomic_path(self.out_dir / "last.pt") as tmp:
+            torch.save(payload, tmp)
+
+    def _write_history(self, history: list[dict]) -> None:
+        table = pd.DataFrame(history)
+        columns = HISTORY_COLUMNS + [c for c in table.columns if c not in HISTORY_COLUMNS]
+        with atomic_path(self.out_dir / "history.tsv") as tmp:
+            table[columns].to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+
+    # -- scoring
+    def predict(self, records: list[dict], *, fold: int | str) -> pd.DataFrame:
+        """The prediction table for ``records`` with the current weights."""
+        if not records:
+            return _empty_predictions(self.settings)
+        _, values, rows = self.evaluate(_eval_loader(roi_dataset(records), self.settings))
+        table = pd.DataFrame({"patient_id": [r["patient_id"] for r in rows], "fold": fold})
+        if self.settings.task == "survival":
+            table["risk"] = values
+            table["survival_days"] = [r["time"] for r in rows]
+            table["event"] = [int(r["event"]) for r in rows]
+        else:
+            table["label"] = [self.settings.classes[int(r["label"])] for r in rows]
+            for k, name in enumerate(self.settings.classes):
+                table[f"prob_{name}"] = values[:, k]
+        return table
+
+
+def _empty_predictions(settings: TrainSettings) -> pd.DataFrame:
+    if settings.task == "survival":
+        columns = ["patient_id", "fold", "risk", "survival_days", "event"]
+    else:
+        columns = ["patient_id", "fold", "label"] + [f"prob_{c}" for c in settings.classes]
+    return pd.DataFrame(columns=columns)
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _rng_states() -> dict:
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 (third-party code draws from it)
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])  # noqa: NPY002
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def write_table(table: pd.DataFrame, path: Path, *, float_format: str | None = "%.6g") -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format=float_format)
+
+
+# -------------------------------------------------------------------------------- top level
+
+
+def train_model(
+    model: nn.Module,
+    *,
+    fold: int,
+    train_records: list[dict],
+    val_records: list[dict],
+    test_records: list[dict],
+    settings: TrainSettings,
+    out_dir: str | Path,
+    run_hash: str,
+    model_meta: dict | None = None,
+    summary_extra: dict | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Fit, then write ``val_predictions.tsv``, ``predictions.tsv`` and, last, ``summary.json``.
+
+    Returns the summary. ``model.pt`` (best), ``last.pt`` (resumable) and ``history.tsv`` are
+    written while training.
+    """
+    if not train_records or not val_records:
+        raise ValueError(
+            f"fold {fold}: need training and validation patients, got "
+            f"{len(train_records)} and {len(val_records)}"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").unlink(missing_ok=True)  # the run is not complete until rewritten
+    trainer = Trainer(
+        model, settings=settings, out_dir=out_dir, run_hash=run_hash, model_meta=model_meta
+    )
+    result = trainer.fit(train_records, val_records, on_epoch_end=on_epoch_end)
+    started = time.perf_counter()
+    write_table(trainer.predict(val_records, fold=fold), out_dir / "val_predictions.tsv")
+    write_table(trainer.predict(test_records, fold=fold), out_dir / "predictions.tsv")
+    summary = {
+        "status": "ok",
+        "model": (model_meta or {}).get("name"),
+        "fold": fold,
+        "task": settings.task,
+        "n_patients": {
+            "train": len(train_records),
+            "val": len(val_records),
+            "test": len(test_records),
+        },
+        "best_epoch": result.best_epoch,
+        "selection_metric": settings.selection_metric,
+        "best_metric": result.best_metric,
+        "best_val_loss": result.best_val_loss,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "device": result.device,
+        "config_hash": run_hash,
+        "settings": settings.identity(),
+        "model_options": (model_meta or {}).get("options", {}),
+        "timings_s": {"fit": result.seconds, "predict": round(time.perf_counter() - started, 3)},
+        "software": software_versions(),
+    }
+    summary.update(copy.deepcopy(summary_extra or {}))
+    write_json_atomic(out_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,205 @@
+"""ROI tensors: shapes, ranges, hotspot placement, padding, CT-only, annotations, QC picture."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from lungfusion.commands import roi as roi_command
+from lungfusion.imaging import roi as roi_lib
+
+SHAPE = (16, 12, 8)  # x, y, z
+
+
+def _image(array: np.ndarray, spacing=(2.0, 2.0, 3.0), origin=(-50.0, -40.0, -30.0)) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    return image
+
+
+def scene(hot=(30, 20, 10)):
+    """CT ramp, PET with one hot voxel at ``hot`` (x, y, z), region = a central block."""
+    z, y, x = np.mgrid[0:20, 0:40, 0:50]
+    ct = _image((x * 40.0 - 1000.0).astype(np.float32))  # -1000 .. 960 HU along x
+    suv = np.full(z.shape, 1.0, dtype=np.float32)
+    suv[hot[2], hot[1], hot[0]] = 15.0
+    suv[2, 2, 2] = 30.0  # hotter, but far outside the region: must be ignored
+    region = np.zeros(z.shape, dtype=np.uint8)
+    region[5:15, 10:30, 15:35] = 1
+    return ct, _image(suv), _image(region)
+
+
+def test_hotspot_box_shapes_ranges_and_centre():
+    ct, pet, region = scene()
+    grid, info = roi_lib.hotspot_grid(ct, pet, region, shape=SHAPE)
+    assert info["hotspot_index"] == [30, 20, 10] and info["suv_max"] == 15.0
+    arrays = roi_lib.extract_roi(ct, pet, region, grid, ct_window=(-1024, 1024), suv_window=(0, 20))
+    assert set(arrays) == set(roi_lib.NPZ_KEYS)
+    for key in ("ct", "pet", "lungs"):
+        assert arrays[key].shape == (SHAPE[2], SHAPE[1], SHAPE[0])
+    assert arrays["ct"].dtype == np.float32 and arrays["pet"].dtype == np.float32
+    assert arrays["lungs"].dtype == np.uint8 and arrays["has_pet"].dtype == bool
+    assert arrays["ct"].min() >= 0 and arrays["ct"].max() <= 1
+    # the hotspot lies inside the box, at SUV 15 -> 0.75
+    first, last = grid.corner_index(ct)
+    assert all(a <= h <= b for a, h, b in zip(first, (30, 20, 10), last, strict=True))
+    assert arrays["pet"].max() == pytest.approx(0.75)
+    k, j, i = np.unravel_index(arrays["pet"].argmax(), arrays["pet"].shape)
+    assert (i + first[0], j + first[1], k + first[2]) == (30, 20, 10)
+    # exact copy of the CT on its own grid: voxel (i, j, k) of the ROI is CT x index i + first
+    assert arrays["ct"][0, 0, 0] == pytest.approx(((first[0] * 40 - 1000) + 1024) / 2048)
+    np.testing.assert_allclose(arrays["spacing"], ct.GetSpacing())
+    np.testing.assert_allclose(
+        arrays["origin"], ct.TransformIndexToPhysicalPoint([int(v) for v in first])
+    )
+
+
+def test_box_leaving_the_image_is_padded_with_the_window_minimum():
+    ct, pet, region = scene(hot=(16, 11, 6))  # hotspot at the region's corner
+    region_array = sitk.GetArrayFromImage(region)
+    region_array[0:8, 0:14, 0:18] = 1  # extend the region to the image corner
+    region2 = _image(region_array)
+    pet_array = sitk.GetArrayFromImage(pet)
+    pet_array[1, 1, 1] = 40.0  # now inside the region, at the corner
+    grid, _ = roi_lib.hotspot_grid(ct, _image(pet_array), region2, shape=SHAPE)
+    first, _ = grid.corner_index(ct)
+    assert first[0] < 0 and first[1] < 0 and first[2] < 0
+    arrays = roi_lib.extract_roi(
+        ct, _image(pet_array), region2, grid, ct_window=(-500, 500), suv_window=(0, 20)
+    )
+    assert np.all(arrays["ct"][:, :, 0] == 0.0)  # outside in x: window minimum -> 0
+    assert np.all(arrays["pet"][0] == 0.0) and np.all(arrays["lungs"][0] == 0)
+    assert arrays["pet"].max() == 1.0  # SUV 40 clipped to the window
+
+
+def test_ct_only_falls_back_to_the_region_centre():
+    ct, _, region = scene()
+    grid, info = roi_lib.hotspot_grid(ct, None, region, shape=SHAPE)
+    assert info["fallback"] is True
+    arrays = roi_lib.extract_roi(
+        ct, None, region, grid, ct_window=(-1024, 1024), suv_window=(0, 20)
+    )
+    assert not arrays["has_pet"] and not arrays["pet"].any()
+    assert arrays["lungs"].all()  # the box sits inside the central region block
+    first, last = grid.corner_index(ct)
+    assert (first[0] + last[0]) / 2 == pytest.approx(24.5, abs=0.5)
+
+
+def test_lungs_strategy_resamples_the_region_bounding_box():
+    ct, pet, region = scene()
+    grid, info = roi_lib.lungs_grid(ct, region, shape=SHAPE)
+    assert info["lungs_mode"] == "resampled"
+    np.testing.assert_allclose(grid.spacing, (20 * 2 / 16, 20 * 2 / 12, 10 * 3 / 8))
+    arrays = roi_lib.extract_roi(ct, pet, region, grid, ct_window=(-1024, 1024), suv_window=(0, 20))
+    assert arrays["lungs"].all()  # the box is the region's bounding box
+    assert arrays["ct"].shape == (8, 12, 16)
+
+
+def test_voc_boxes_and_bad_xml(tmp_path):
+    good = tmp_path / "a.xml"
+    good.write_text(VOC.format(name="A", xmin=10, ymin=20, xmax=30, ymax=44))
+    assert roi_lib.read_voc_boxes(good) == [
+        {"name": "A", "xmin": 10.0, "ymin": 20.0, "xmax": 30.0, "ymax": 44.0}
+    ]
+    bad = tmp_path / "b.xml"
+    bad.write_text("<annotation><object>")
+    with pytest.raises(roi_lib.PatientInputError, match="XML"):
+        roi_lib.read_voc_boxes(bad)
+
+
+VOC = """<annotation><folder>A0001</folder><size><width>512</width><height>512</height></size>
+<object><name>{name}</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>
+<ymax>{ymax}</ymax></bndbox></object></annotation>"""
+
+
+# --- the command, end to end ------------------------------------------------------------------
+
+
+def _stage_dirs(tmp_path, ct, pet, region, *, segment_status="ok"):
+    register, segment = tmp_path / "register" / "P1", tmp_path / "segment" / "P1"
+    register.mkdir(parents=True)
+    segment.mkdir(parents=True)
+    sitk.WriteImage(ct, str(register / "ct.nii.gz"))
+    if pet is not None:
+        sitk.WriteImage(pet, str(register / "pet.nii.gz"))
+    sitk.WriteImage(region, str(segment / "region.nii.gz"))
+    sitk.WriteImage(region, str(segment / "lungs.nii.gz"))
+    (register / "register.json").write_text(json.dumps({"status": "ok"}))
+    (segment / "segment.json").write_text(json.dumps({"status": segment_status, "reason": "x"}))
+    return argparse.Namespace(
+        patient="P1", register_dir=register, segment_dir=segment,
+        out=tmp_path / "roi" / "P1.npz", ingest_dir=None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("with_pet", [True, False])
+def test_command_writes_npz_png_and_json(tmp_path, with_pet):
+    ct, pet, region = scene()
+    args = _stage_dirs(tmp_path, ct, pet if with_pet else None, region)
+    config = {"roi": {"shape": list(SHAPE)}}
+    assert roi_command.run(args, config) == 0
+    with np.load(args.out) as npz:
+        assert sorted(npz.files) == sorted(roi_lib.NPZ_KEYS)
+        assert npz["ct"].shape == (8, 12, 16) and bool(npz["has_pet"]) is with_pet
+        assert npz["spacing"].dtype == np.float64 and npz["origin"].shape == (3,)
+    png = args.out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads(args.out.with_suffix(".json").read_text())
+    assert record["status"] == "ok" and record["has_pet"] is with_pet
+    assert record["crop_used"] == "pet_hotspot" and record["box"]["size_voxels"] == list(SHAPE)
+    assert bool(record["warnings"]) is (not with_pet)
+
+
+def test_command_skips_after_a_failed_segmentation(tmp_path):
+    ct, pet, region = scene()
+    args = _stage_dirs(tmp_path, ct, pet, region, segment_status="skipped")
+    assert roi_command.run(args, {}) == 0
+    record = json.loads(args.out.with_suffix(".json").read_text())
+    assert record["status"] == "skipped" and "segmentation" in record["reason"]
+    assert not args.out.exists()
+
+
+def test_annotation_strategy_on_the_lung_pet_ct_dx_slice(tmp_path, fixtures_dir):
+    """A synthetic VOC box on the real A0001 slice, placed via the ingest slice list."""
+    dicom = next((fixtures_dir / "dicom" / "lung-pet-ct-dx-A0001").glob("*.dcm"))
+    sop_uid = dicom.stem
+    ct = sitk.ReadImage(str(dicom))  # one 512x512 slice = the ingested and registered CT
+    ingest = tmp_path / "ingest" / "P1"
+    ingest.mkdir(parents=True)
+    sitk.WriteImage(ct, str(ingest / "ct.nii.gz"))
+    slices = [{"sop_instance_uid": sop_uid, "frame": None, "index": 0}]
+    (ingest / "ingest.json").write_text(json.dumps({"status": "ok", "ct_slices": slices}))
+    annotations = tmp_path / "Annotation" / "A0001"
+    annotations.mkdir(parents=True)
+    (annotations / f"{sop_uid}.xml").write_text(
+        VOC.format(name="A", xmin=300, ymin=200, xmax=340, ymax=260)
+    )
+    region = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    region.CopyInformation(ct)
+    args = _stage_dirs(tmp_path, ct, None, region + 1)
+    args.ingest_dir = ingest
+    args.patient = "Lung_Dx-A0001"
+    config = {
+        "roi": {
+            "crop": "annotation",
+            "shape": [64, 64, 1],
+            "annotation_dir": str(tmp_path / "Annotation"),
+        }
+    }
+    assert roi_command.run(args, config) == 0
+    record = json.loads(args.out.with_suffix(".json").read_text())
+    assert record["status"] == "ok" and record["crop_used"] == "annotation"
+    first, last = record["box"]["index_first"], record["box"]["index_last"]
+    assert (first[0] + last[0]) / 2 == pytest.approx(320, abs=1)
+    assert (first[1] + last[1]) / 2 == pytest.approx(230, abs=1)
+    with np.load(args.out) as npz:
+        assert npz["ct"].shape == (1, 64, 64) and not npz["has_pet"]
+        expected = sitk.GetArrayFromImage(ct)[0, int(first[1]), int(first[0])]
+        assert npz["ct"][0, 0, 0] == pytest.approx(
+            np.clip((expected + 1024) / 2048, 0, 1), abs=1e-5
+        )

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from training_helpers import write_cohort
+
+from lungfusion.training.sfsa import CandidateResult, sequential_forward_search
+
+
+def _fake_trainer(losses: dict[tuple[int, ...], float], calls: list):
+    """Deterministic stand-in: a fixed loss per position set; records the warm-start source."""
+
+    def train(positions, source):
+        calls.append((positions, None if source is None else source.positions))
+        return CandidateResult(val_loss=losses[positions], epochs=3, state=positions)
+
+    return train
+
+
+def test_search_adds_positions_while_the_loss_falls():
+    losses = {(): 1.0, (0,): 0.9, (1,): 0.7, (2,): 0.8, (3,): 1.1}
+    losses |= {(0, 1): 0.75, (1, 2): 0.6, (1, 3): 0.65}
+    losses |= {(0, 1, 2): 0.61, (1, 2, 3): 0.62}
+    calls = []
+    result = sequential_forward_search(_fake_trainer(losses, calls), positions=(0, 1, 2, 3))
+    assert result.best.positions == (1, 2)
+    assert [c[0] for c in calls] == [(), (0,), (1,), (2,), (3,), (0, 1), (1, 2), (1, 3),
+                                     (0, 1, 2), (1, 2, 3)]  # fmt: skip
+    # every candidate of a step is warm-started from the best so far
+    assert {c[1] for c in calls[1:5]} == {()}
+    assert {c[1] for c in calls[5:8]} == {(1,)}
+    assert {c[1] for c in calls[8:]} == {(1, 2)}
+    table = result.table()
+    assert list(table.columns) == [
+        "step", "positions", "warm_start_from", "val_loss", "epochs", "best_of_step", "chosen",
+    ]  # fmt: skip
+    assert table.positions.tolist()[:3] == ["none", "0", "1"]
+    assert table.warm_start_from.tolist()[:2] == ["scratch", "none"]
+    chosen = table[table.chosen]
+    assert chosen.positions.tolist() == ["1+2"]
+    # the choice follows from the losses: the lowest loss of all candidates tried here
+    assert chosen.val_loss.iloc[0] == table.val_loss.min()
+
+
+def test_search_keeps_the_baseline_when_no_position_helps():
+    losses = {(): 0.5, (0,): 0.6, (1,): 0.5, (2,): 0.7}
+    calls = []
+    result = sequential_forward_search(_fake_trainer(losses, calls), positions=(0, 1, 2))
+    assert result.best.positions == ()  # a tie does not count as an improvement
+    assert len(result.candidates) == 4
+
+
+def test_search_stops_when_all_positions_are_used():
+    losses = {(): 1.0, (0,): 0.5, (1,): 0.6, (0, 1): 0.4}
+    result = sequential_forward_search(_fake_trainer(losses, []), positions=(0, 1))
+    assert result.best.positions == (0, 1)
+    assert len(result.candidates) == 4
+
+
+def test_sfsa_command_writes_search_and_scores_the_choice(tmp_path):
+    from lungfusion.cli import main
+
+    roi_dir, sheet = write_cohort(tmp_path, n=12, without_pet=(2,))
+    folds = tmp_path / "splits" / "folds.tsv"
+    params = {
+        "splits": {"n_folds": 2, "validation_fraction": 0.3, "seed": 0},
+        "train": {"epochs": 1, "batch_size": 4, "widths": [2, 4], "device": "cpu"},
+    }
+    common = ["--params", json.dumps(params)]
+    io = ["--sample-sheet", str(sheet), "--roi-dir", str(roi_dir)]
+    assert main([*common, "splits", *io, "--out", str(folds)]) == 0
+    out = tmp_path / "sfsa" / "fold1"
+    argv = [*common, "sfsa", "--fold", "1", "--folds", str(folds), *io, "--out-dir", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    search = pd.read_csv(out / "search.tsv", sep="\t", dtype={"positions": str})
+    best = json.loads((out / "best.json").read_text())
+    assert search.positions.iloc[0] == "none" and len(search) >= 5
+    assert search[search.chosen].positions.tolist() == [best["label"]]
+    assert best["val_loss"] == search.val_loss.min()  # the loss fell at every accepted step
+    train_dir = tmp_path / "train" / "sfsa" / "fold1"
+    summary = json.loads((train_dir / "summary.json").read_text())
+    assert summary["model"] == "sfsa" and summary["excluded_missing_modality"]["count"] == 1
+    predictions = pd.read_csv(train_dir / "predictions.tsv", sep="\t")
+    assert list(predictions.columns) == ["patient_id", "fold", "label", "prob_ADC", "prob_SQC"]
+    assert (train_dir / "val_predictions.tsv").is_file() and (train_dir / "model.pt").is_file()

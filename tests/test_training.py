@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from training_helpers import SHAPE, write_cohort
+
+from lungfusion.models import build_model
+from lungfusion.training.data import make_records, roi_dataset
+from lungfusion.training.engine import TrainSettings, cox_loss, train_model
+from lungfusion.training.splits import make_folds
+
+FAST = {"flip": True, "rotate_deg": 5.0, "intensity_jitter": 0.05}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    roi_dir, sheet = write_cohort(root, n=16, without_pet=(3,))
+    patients = pd.read_csv(sheet, sep="\t")
+    folds = make_folds(patients, n_folds=2, validation_fraction=0.25, seed=0)
+    part = folds[folds.fold == 0]
+    records = {
+        role: make_records(part[part.role == role], roi_dir, classes=("ADC", "SQC"))
+        for role in ("train", "val", "test")
+    }
+    return {"root": root, "roi_dir": roi_dir, "sheet": sheet, "records": records}
+
+
+def _settings(**changes) -> TrainSettings:
+    values = dict(epochs=2, batch_size=4, lr=3e-3, augment=FAST, device="cpu", progress=False)
+    values.update(changes)
+    return TrainSettings(**values)
+
+
+def _train(cohort, out_dir, *, settings=None, model_name="early", on_epoch_end=None):
+    torch.manual_seed(0)
+    model = build_model(model_name, n_classes=2, in_shape=SHAPE, widths=(4, 8), blocks_per_stage=1)
+    records = cohort["records"]
+    return train_model(
+        model,
+        fold=0,
+        train_records=records["train"],
+        val_records=records["val"],
+        test_records=records["test"],
+        settings=settings or _settings(),
+        out_dir=out_dir,
+        run_hash="test",
+        model_meta={"name": model_name},
+        on_epoch_end=on_epoch_end,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    return out, _train(cohort, out)
+
+
+def test_dataset_batches_have_model_shapes(cohort):
+    dataset = roi_dataset(cohort["records"]["train"], augment=FAST)
+    item = dataset[0]
+    assert tuple(item["ct"].shape) == (1, *SHAPE) and item["ct"].dtype == torch.float32
+    assert tuple(item["pet"].shape) == (1, *SHAPE)
+    assert isinstance(item["ct"], torch.Tensor) and not hasattr(item["ct"], "meta")
+
+
+def test_training_lowers_loss_and_writes_artifacts(cohort, tmp_path):
+    summary = _train(cohort, tmp_path, settings=_settings(epochs=4, augment=None or {}))
+    history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
+    assert list(history.columns[:7]) == [
+        "epoch", "train_loss", "val_loss", "val_auc", "val_gmean", "lr", "seconds",
+    ]  # fmt: skip
+    assert history.epoch.tolist() == [1, 2, 3, 4]
+    assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
+    for name in ("model.pt", "last.pt", "predictions.tsv", "val_predictions.tsv", "summary.json"):
+        assert (tmp_path / name).is_file(), name
+    predictions = pd.read_csv(tmp_path / "predictions.tsv", sep="\t")
+    assert list(predictions.columns) == ["patient_id", "fold", "label", "prob_ADC", "prob_SQC"]
+    test_ids = sorted(r["patient_id"] for r in cohort["records"]["test"])
+    assert sorted(predictions.patient_id) == test_ids
+    np.testing.assert_allclose(predictions.prob_ADC + predictions.prob_SQC, 1.0, atol=1e-5)
+    val = pd.read_csv(tmp_path / "val_predictions.tsv", sep="\t")
+    assert sorted(val.patient_id) == sorted(r["patient_id"] for r in cohort["records"]["val"])
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert written["n_patients"] == {"train": 6, "val": 2, "test": 8}
+    assert 1 <= written["best_epoch"] <= 4 and written["device"] == "cpu"
+    checkpoint = torch.load(tmp_path / "model.pt", map_location="cpu")
+    assert checkpoint["epoch"] == written["best_epoch"] and checkpoint["classes"] == ["ADC", "SQC"]
+
+
+def test_same_seed_gives_identical_predictions(cohort, reference_run, tmp_path):
+    reference_dir, _ = reference_run
+    _train(cohort, tmp_path)
+    for name in ("predictions.tsv", "val_predictions.tsv"):
+        a = pd.read_csv(reference_dir / name, sep="\t")
+        b = pd.read_csv(tmp_path / name, sep="\t")
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_killed_training_resumes_from_last_checkpoint(cohort, reference_run, tmp_path):
+    reference_dir, reference_summary = reference_run
+
+    def kill_after_first_epoch(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(cohort, tmp_path, on_epoch_end=kill_after_first_epoch)
+    assert not (tmp_path / "summary.json").exists()
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 1
+
+    seen = []
+    summary = _train(cohort, tmp_path, on_epoch_end=lambda epoch, row: seen.append(epoch))
+    assert seen == [2]  # continued at the second epoch
+    assert summary["resumed_from_epoch"] == 1
+    assert summary["best_epoch"] == reference_summary["best_epoch"]
+    for name in ("predictions.tsv", "history.tsv"):
+        a = pd.read_csv(reference_dir / name, sep="\t").drop(columns="seconds", errors="ignore")
+        b = pd.read_csv(tmp_path / name, sep="\t").drop(columns="seconds", errors="ignore")
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_oversampling_and_auc_selection_run(cohort, tmp_path):
+    settings = _settings(epochs=1, imbalance="oversample", selection_metric="auc")
+    summary = _train(cohort, tmp_path, settings=settings, model_name="ct")
+    assert summary["selection_metric"] == "auc" and summary["status"] == "ok"
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainSettings(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="epochs"):
+        TrainSettings(epochs=0)
+
+
+def test_cox_loss_matches_a_hand_computed_value():
+    risk = torch.tensor([0.5, -0.2, 1.0, 0.0])
+    time = torch.tensor([5.0, 3.0, 3.0, 8.0])
+    event = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    r = risk.numpy().astype(float)
+    expected = -np.mean(
+        [
+            r[0] - np.log(np.exp(r[[0, 3]]).sum()),
+            r[1] - np.log(np.exp(r).sum()),  # tie at t=3: both at risk (Breslow)
+            r[3] - np.log(np.exp(r[3])),
+        ]
+    )
+    assert float(cox_loss(risk, time, event)) == pytest.approx(expected, rel=1e-6)
+    assert float(cox_loss(risk, time, torch.zeros(4))) == 0.0
+
+
+def test_survival_training_writes_risks(cohort, tmp_path):
+    sheet = pd.read_csv(cohort["sheet"], sep="\t")
+    folds = make_folds(sheet, n_folds=2, seed=0, stratify_column="event")
+    part = folds[folds.fold == 0].merge(sheet[["patient_id", "survival_days", "event"]])
+    records = {
+        role: make_records(part[part.role == role], cohort["roi_dir"], task="survival")
+        for role in ("train", "val", "test")
+    }
+    model = build_model("ct", n_classes=1, in_shape=SHAPE, widths=(4, 8), blocks_per_stage=1)
+    summary = train_model(
+        model, fold=0, train_records=records["train"], val_records=records["val"],
+        test_records=records["test"], settings=_settings(epochs=1, task="survival"),
+        out_dir=tmp_path, run_hash="s",
+    )  # fmt: skip
+    predictions = pd.read_csv(tmp_path / "predictions.tsv", sep="\t")
+    assert list(predictions.columns) == ["patient_id", "fold", "risk", "survival_days", "event"]
+    assert np.isfinite(predictions.risk).all()
+    assert "val_cindex" in pd.read_csv(tmp_path / "history.tsv", sep="\t").columns
+    assert summary["task"] == "survival"
+
+
+def test_train_command_counts_patients_without_pet(cohort, tmp_path):
+    from lungfusion.cli import main
+
+    folds = tmp_path / "folds.tsv"
+    params = {
+        "splits": {"n_folds": 2, "validation_fraction": 0.25, "seed": 0},
+        "train": {"epochs": 1, "batch_size": 4, "widths": [4, 8], "device": "cpu"},
+    }
+    common = ["--params", json.dumps(params)]
+    io = ["--sample-sheet", str(cohort["sheet"]), "--roi-dir", str(cohort["roi_dir"])]
+    assert main([*common, "splits", *io, "--out", str(folds)]) == 0
+    for model in ("pet", "ct"):
+        out = tmp_path / model
+        argv = [*common, "train", "--model", model, "--fold", "0", "--folds", str(folds), *io]
+        assert main([*argv, "--out-dir", str(out), "--no-progress"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        expected = 1 if model == "pet" else 0  # P003 has no PET
+        assert summary["excluded_missing_modality"]["count"] == expected
+        assert sum(summary["n_patients"].values()) == 16 - expected
