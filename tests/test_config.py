@@ -55,9 +55,21 @@ def test_snakemake_rejects_a_bad_config_before_any_job(tmp_path, repo_dir):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"register": {"method": "bspline"}}))
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(repo_dir / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(bad)],
-        capture_output=True, text=True, cwd=repo_dir,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(repo_dir / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo_dir,
     )
     assert result.returncode != 0
     assert "bspline" in result.stdout + result.stderr

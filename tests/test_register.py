@@ -205,7 +205,8 @@ def test_registration_is_deterministic_for_a_seed(sts):
     ct, pet, _ = sts
     first, _ = register_pet_to_ct(ct, pet, seed=3, max_iterations=15)
     second, _ = register_pet_to_ct(ct, pet, seed=3, max_iterations=15)
-    assert first.GetParameters() == second.GetParameters()
+    # fixed thread count and seed: equal up to the order of floating-point sums across threads
+    np.testing.assert_allclose(first.GetParameters(), second.GetParameters(), rtol=0, atol=1e-6)
 
 
 @needs_sts
@@ -284,6 +285,44 @@ def test_command_on_sts_writes_every_artifact(tmp_path, sts):
     pet_out = sitk.ReadImage(str(out / "pet.nii.gz"))
     assert ct_out.GetSize() == pet_out.GetSize() == (99, 101, 59)
     assert ct_out.GetOrigin() == pytest.approx(pet_out.GetOrigin())
-    assert sitk.GetArrayViewFromImage(pet_out).max() > 10.0  # the tumour's SUV survives
+    assert sitk.GetArrayViewFromImage(pet_out).max() > 5.0  # the tumour rim (SUV ~7) survives
     transform = sitk.ReadTransform(str(out / "pet_to_ct.tfm"))
     assert len(transform.GetParameters()) == 6
+
+
+# --- the synthetic cohort (tiny preset) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    synth = pytest.importorskip("lungfusion.synth")
+    out = tmp_path_factory.mktemp("synthetic")
+    synth.generate_cohort(out, preset="tiny", n_patients=3, seed=7, fraction_without_pet=0.0)
+    return out
+
+
+def _read_synthetic_pair(cohort: Path, pid: str):
+    """CT from its DICOM series (by UID), PET SUV and truth from the generator's ground truth."""
+    truth = cohort / "ground_truth" / pid
+    uid = json.loads((truth / "latents.json").read_text())["series_uids"]["ct"]
+    for folder in sorted({p.parent for p in (cohort / "dicom" / pid).rglob("*.dcm")}):
+        if uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
+            names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+            ct = sitk.ReadImage(list(names), sitk.sitkFloat32)
+            break
+    else:
+        raise AssertionError(f"CT series of {pid} not found")
+    pet = sitk.ReadImage(str(truth / "pet_suv.nii.gz"), sitk.sitkFloat32)
+    tumour = mask_points(sitk.ReadImage(str(truth / "tumour.nii.gz")), max_points=5000)
+    return ct, pet, sitk.ReadTransform(str(truth / "pet_to_ct.tfm")), tumour
+
+
+@pytest.mark.parametrize("pid", ["SYN0001", "SYN0002", "SYN0003"])
+def test_synthetic_motion_is_recovered_within_1_5_mm(tiny_cohort, pid):
+    ct, pet, truth, tumour = _read_synthetic_pair(tiny_cohort, pid)
+    transform, info = register_pet_to_ct(ct, pet)
+    before = transform_error_mm(truth, sitk.Euler3DTransform(), tumour).mean()
+    after = transform_error_mm(truth, transform, tumour).mean()
+    assert info["kept"], info["warnings"]
+    assert after < 1.5, f"{pid}: mean tumour error {after:.2f} mm (before {before:.2f} mm)"
+    assert after < before

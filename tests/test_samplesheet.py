@@ -48,7 +48,10 @@ def test_lung_pet_ct_dx_xlsx_with_full_width_header(tmp_path):
             "n_stage": "N-Stage",
             "m_stage": "M-Stage",  # ASCII M in the config still finds the full-width header
         },
-        label_from_id={"pattern": r"Lung_Dx-([ABEG])\d+", "map": {"A": "ADC", "G": "SQC", "B": "SCLC"}},
+        label_from_id={
+            "pattern": r"Lung_Dx-([ABEG])\d+",
+            "map": {"A": "ADC", "G": "SQC", "B": "SCLC"},
+        },
         classes=["ADC", "SQC"],
     )
     assert list(table["patient_id"]) == ["Lung_Dx-A0001", "Lung_Dx-G0011"]  # small cell left out
@@ -59,7 +62,9 @@ def test_lung_pet_ct_dx_xlsx_with_full_width_header(tmp_path):
 
 def test_csv_by_extension(tmp_path):
     path = tmp_path / "clinical.csv"
-    path.write_text("PatientID,Histology\nLUNG1-001,large cell\nLUNG1-002,squamous cell carcinoma\n")
+    path.write_text(
+        "PatientID,Histology\nLUNG1-001,large cell\nLUNG1-002,squamous cell carcinoma\n"
+    )
     table = read_sample_sheet(path, columns={"patient_id": "PatientID", "label": "Histology"})
     assert list(table["label"]) == ["large cell", "squamous cell carcinoma"]
 

@@ -57,7 +57,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | Path, payload: dict) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, default=_jsonable, sort_keys=False) + "\n")
+    write_text_atomic(
+        path, json.dumps(payload, indent=2, default=_jsonable, sort_keys=False) + "\n"
+    )
 
 
 def read_json(path: str | Path) -> dict:

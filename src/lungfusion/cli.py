@@ -36,7 +36,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _parser(chosen: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungfusion", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
+    parser.add_argument(
+        "--config", default="config.yaml", help="config file (default: %(default)s)"
+    )
     parser.add_argument(
         "--params",
         default=None,

@@ -46,15 +46,21 @@ def _read_table(path: Path, sheet_format: str, sheet_name: str | None) -> pd.Dat
     fmt = sheet_format
     if fmt == "auto":
         suffix = path.suffix.lower()
-        fmt = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".xlsx": "xlsx", ".xls": "xlsx"}.get(suffix)
+        fmt = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".xlsx": "xlsx", ".xls": "xlsx"}.get(
+            suffix
+        )
         if fmt is None:
-            raise SampleSheetError(f"{path}: cannot tell the sheet format from '{suffix}'; set cohort.sheet_format")
+            raise SampleSheetError(
+                f"{path}: cannot tell the sheet format from '{suffix}'; set cohort.sheet_format"
+            )
     if fmt == "xlsx":
         return pd.read_excel(path, sheet_name=sheet_name or 0, dtype=object)
     return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=object, keep_default_na=True)
 
 
-def _rename_columns(table: pd.DataFrame, columns: dict[str, str], path: Path, required: set[str]) -> pd.DataFrame:
+def _rename_columns(
+    table: pd.DataFrame, columns: dict[str, str], path: Path, required: set[str]
+) -> pd.DataFrame:
     by_normal = {_normalise_header(c): c for c in table.columns}
     renamed = {}
     for ours, theirs in columns.items():
@@ -83,7 +89,9 @@ def _check_ids(ids: pd.Series, path: Path) -> None:
                 "(letters, digits, '.', '_' and '-' only, not starting with '.')"
             )
         if text in seen:
-            raise SampleSheetError(f"{path}: row {row}: patient ID '{text}' duplicates row {seen[text]}")
+            raise SampleSheetError(
+                f"{path}: row {row}: patient ID '{text}' duplicates row {seen[text]}"
+            )
         seen[text] = row
 
 
@@ -122,8 +130,12 @@ def read_sample_sheet(
     _check_ids(table["patient_id"], path)
     table["patient_id"] = table["patient_id"].astype(str).str.strip()
     if label_from_id:
-        table["label"] = _labels_from_ids(table["patient_id"], label_from_id["pattern"], label_from_id["map"])
-    table["label"] = table["label"].map(lambda v: None if pd.isna(v) or not str(v).strip() else str(v).strip())
+        table["label"] = _labels_from_ids(
+            table["patient_id"], label_from_id["pattern"], label_from_id["map"]
+        )
+    table["label"] = table["label"].map(
+        lambda v: None if pd.isna(v) or not str(v).strip() else str(v).strip()
+    )
     if classes:
         unknown = table["label"].notna() & ~table["label"].isin(classes)
         for pid, label in table.loc[unknown, ["patient_id", "label"]].itertuples(index=False):

@@ -73,5 +73,14 @@ def per_patient(pattern):
     return expand(pattern, pid=PATIENTS, results=RESULTS)
 
 
+MODELS = list(config["train"]["models"])
+FOLDS = list(range(config["splits"]["n_folds"]))
+INTEGRATOR = "late_cox" if config["task"] == "survival" else "late_logistic"
+
+
+def fold_outputs(models):
+    return expand(f"{RESULTS}/train/{{model}}/fold{{fold}}/summary.json", model=models, fold=FOLDS)
+
+
 def all_targets():
-    return [f"{RESULTS}/splits/folds.tsv"] + per_patient("{results}/roi/{pid}.json")
+    return [f"{RESULTS}/metrics/all.tsv"] + per_patient("{results}/roi/{pid}.json")

@@ -53,7 +53,11 @@ def run(args: argparse.Namespace, config: dict) -> int:
     for stale in (out_dir / "best.json", train_dir / "summary.json"):
         stale.unlink(missing_ok=True)
     # candidates are compared on validation loss, as in seed 002
-    settings = settings_from_config(config, progress=not args.no_progress, selection_metric="loss")
+    sfsa_epochs = config["train"].get("sfsa_epochs")
+    overrides = {"epochs": sfsa_epochs} if sfsa_epochs else {}
+    settings = settings_from_config(
+        config, progress=not args.no_progress, selection_metric="loss", **overrides
+    )
     sheet = read_sheet(args.sample_sheet, config["cohort"])
     sheet["patient_id"] = sheet.patient_id.astype(str)
     data = prepare_fold(

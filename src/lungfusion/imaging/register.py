@@ -34,6 +34,8 @@ _CT_WINDOW_HU = (-1024.0, 1500.0)
 # PET intensities above this percentile of the cropped PET are clipped, so the few hottest voxels
 # do not squeeze soft tissue into one or two histogram bins.
 _PET_CLIP_PERCENTILE = 99.5
+# Registration grid spacing relative to the PET's coarsest voxel side.
+_GRID_FRACTION_OF_PET = 0.75
 
 
 def _check(condition: bool, message: str) -> None:
@@ -97,10 +99,11 @@ def _registration_images(
 ) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
     """Fixed CT on a registration grid, cropped and clipped moving PET, and the moving mask."""
     moving = sitk.Cast(crop_to_extent(pet, ct, pet_margin_mm), sitk.sitkFloat32)
-    # An isotropic grid about half the PET's finest spacing: as fine as mutual information can
-    # use, and off the PET's slice positions (a fixed grid sharing them makes the metric
-    # oscillate with the slice spacing and pulls the result half a slice off).
-    spacing = [max(min(ct.GetSpacing()), min(pet.GetSpacing()) / 2)] * 3
+    # An isotropic grid at 3/4 of the PET's coarsest spacing: the PET's point spread (5-7 mm)
+    # leaves nothing finer for mutual information to use, and it costs 5-10x less than the CT's
+    # grid. Isotropic also keeps it off the PET's slice positions: a fixed grid sharing them
+    # makes the metric oscillate with the slice spacing and pulls the result half a slice off.
+    spacing = [max(min(ct.GetSpacing()), _GRID_FRACTION_OF_PET * max(pet.GetSpacing()))] * 3
     fixed = sitk.Clamp(
         resample_to_spacing(sitk.Cast(ct, sitk.sitkFloat32), spacing, default_value=-1024.0),
         sitk.sitkFloat32,

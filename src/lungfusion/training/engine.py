@@ -59,6 +59,7 @@ class TrainSettings:
     lr: float = 1e-3
     lr_step_epochs: int = 25
     lr_gamma: float = 0.1
+    sgd_momentum: float = 0.9
     optimizer: str = "adam"
     imbalance: str = "class_weight"
     selection_metric: str = "gmean"
@@ -314,7 +315,9 @@ class Trainer:
         if self.settings.optimizer == "adam":
             optimiser = torch.optim.Adam(params, lr=self.settings.lr)
         else:
-            optimiser = torch.optim.SGD(params, lr=self.settings.lr, momentum=0.9)
+            optimiser = torch.optim.SGD(
+                params, lr=self.settings.lr, momentum=self.settings.sgd_momentum
+            )
         scheduler = torch.optim.lr_scheduler.StepLR(
             optimiser, step_size=self.settings.lr_step_epochs, gamma=self.settings.lr_gamma
         )

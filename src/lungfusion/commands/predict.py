@@ -1,0 +1,329 @@
+"""``lungfusion predict``: one new patient's DICOM folder through the imaging stages and every
+trained model.
+
+The DICOM folder is indexed, ingested, registered, segmented and cropped with the same library
+functions and config parameters as the pipeline, in a temporary folder (``--work-dir`` keeps
+it). Each model's prediction is the MEAN of its fold models (``{models-dir}/{model}/fold{k}/
+model.pt``): the mean softmax probability per class, or the mean risk for survival (risk scales
+differ between folds, so compare a survival risk with its own model's training risks only).
+Models that read a modality the patient lacks (PET) are skipped with the reason. Models that
+read clinical values need ``--clinical key=value`` plus the sample sheet and folds used in
+training, because their clinical features are standardised with each fold's training patients.
+
+Prints a table and writes ``--out`` (JSON) when given. Imports torch (it runs the models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lungfusion.artifacts import Timer, atomic_path, write_json_atomic, write_text_atomic
+from lungfusion.errors import PatientInputError
+
+log = logging.getLogger(__name__)
+FOLD_DIR = re.compile(r"^fold(\d+)$")
+AVERAGING = "mean over the fold models (softmax probabilities; raw risk for survival)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dicom", required=True, type=Path, help="the new patient's DICOM folder")
+    parser.add_argument("--models-dir", type=Path, default=Path("results/train"))
+    parser.add_argument("--models", nargs="+", default=None, help="default: every model found")
+    parser.add_argument(
+        "--clinical", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. age=64 sex=F"
+    )
+    parser.add_argument("--patient-id", default="new_patient", help="name used in the output")
+    parser.add_argument("--sample-sheet", default=None, help="for clinical features (default: cohort.sample_sheet)")
+    parser.add_argument("--folds", type=Path, default=None, help="default: MODELS_DIR/../splits/folds.tsv")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep the imaging outputs here")
+    parser.add_argument("--out", type=Path, default=None, help="predictions JSON")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+
+
+# ------------------------------------------------------------------------------ imaging
+
+
+def index_patient(dicom_dir: Path, work_dir: Path, patient: str, *, ct_slice_thickness_mm) -> Path:
+    """Index the folder as ONE patient, choose its CT and PET, write ``series.tsv`` as `index`."""
+    from lungfusion.commands.index import FILE_LIST_FOLDER
+    from lungfusion.ingest.index import SERIES_COLUMNS, index_tree
+    from lungfusion.ingest.select import choose_series
+
+    if not dicom_dir.is_dir():
+        raise PatientInputError(f"DICOM folder not found: {dicom_dir}", patient=patient)
+    rows, files, _ = index_tree(dicom_dir)
+    series = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
+    if series.empty:
+        raise PatientInputError(f"no readable DICOM series under {dicom_dir}", patient=patient)
+    n_ids = series["patient_id"].astype(str).nunique()
+    if n_ids > 1:  # the IDs themselves may be PHI: give only their number
+        raise PatientInputError(
+            f"{dicom_dir} holds {n_ids} DICOM PatientIDs; give one patient's folder", patient=patient
+        )
+    series["patient_id"] = patient
+    table = choose_series(series, [patient], ct_slice_thickness_mm=tuple(ct_slice_thickness_mm))
+    table["files"] = ""
+    out = work_dir / "ingest" / "series.tsv"
+    for index, uid in table["series_uid"].items():
+        if isinstance(uid, str) and uid in files:
+            relative = f"{FILE_LIST_FOLDER}/{uid}.txt"
+            write_text_atomic(out.parent / relative, "\n".join(files[uid]) + "\n")
+            table.loc[index, "files"] = relative
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    return out
+
+
+def prepare_roi(dicom_dir: Path, work_dir: Path, config: dict, patient: str) -> dict:
+    """Run index -> ingest -> register -> segment -> roi; return the ROI path and the facts."""
+    from lungfusion.commands.ingest import ingest_patient
+    from lungfusion.commands.register import register_patient
+    from lungfusion.commands.roi import ROI_DEFAULTS, make_roi
+    from lungfusion.commands.segment import SEGMENT_DEFAULTS, segment_patient
+
+    timer = Timer()
+    dirs = {name: work_dir / name / patient for name in ("ingest", "register", "segment")}
+    for folder in dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    with timer("index"):
+        series = index_patient(
+            dicom_dir, work_dir, patient,
+            ct_slice_thickness_mm=config["ingest"].get("ct_slice_thickness_mm", (0.5, 5.0)),
+        )  # fmt: skip
+    with timer("ingest"):
+        ingested = ingest_patient(patient, series, dirs["ingest"], config["ingest"])
+    with timer("register"):
+        registered = register_patient(
+            patient, dirs["ingest"], dirs["register"], dict(config["register"]), Timer(),
+            has_pet=bool(ingested["has_pet"]),
+        )  # fmt: skip
+    with timer("segment"):
+        segment_settings = {**SEGMENT_DEFAULTS, **(config.get("segment") or {})}
+        segmented = segment_patient(
+            dirs["register"] / "ct.nii.gz", dirs["segment"], settings=segment_settings, timer=Timer()
+        )
+    npz = work_dir / "roi" / f"{patient}.npz"
+    roi_args = argparse.Namespace(
+        patient=patient, register_dir=dirs["register"], segment_dir=dirs["segment"],
+        ingest_dir=dirs["ingest"], out=npz,
+    )  # fmt: skip
+    with timer("roi"):
+        roi = make_roi(
+            roi_args, {**ROI_DEFAULTS, **(config.get("roi") or {})}, timer=Timer(),
+            npz_path=npz, png_path=npz.with_suffix(".png"),
+        )  # fmt: skip
+    registration = registered.get("registration") or {}
+    return {
+        "npz": npz,
+        "has_pet": bool(ingested["has_pet"]),
+        "registration_kept": registration.get("kept"),
+        "lung_volume_ml": segmented["volumes_ml"].get("total_ml"),
+        "crop_used": roi["crop_used"],
+        "warnings": [*ingested["warnings"], *registered.get("warnings", []),
+                     *segmented["warnings"], *roi["warnings"]],  # fmt: skip
+        "timings_s": timer.seconds,
+    }
+
+
+# ------------------------------------------------------------------------------- models
+
+
+def find_checkpoints(models_dir: Path, names: list[str] | None = None) -> dict[str, list[Path]]:
+    """``{model: [fold0/model.pt, fold1/model.pt, ...]}`` under ``models_dir``."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(models_dir.glob("*/fold*/model.pt")):
+        if FOLD_DIR.match(path.parent.name) and (names is None or path.parent.parent.name in names):
+            found.setdefault(path.parent.parent.name, []).append(path)
+    return found
+
+
+def load_checkpoint(path: Path, *, device: str = "cpu"):
+    """Rebuild a trained model from the training engine's ``model.pt``; returns (model, payload).
+
+    The payload's ``model`` entry holds the registry name and the ``build`` arguments the
+    training command used, so ``build_model(name, **build)`` rebuilds the same network.
+    """
+    import torch
+
+    from lungfusion.models import build_model
+
+    payload = torch.load(path, map_location=device, weights_only=False)
+    meta = payload.get("model") or {}
+    if "name" not in meta or "build" not in meta:
+        raise ValueError(f"{path}: checkpoint lacks the model name and build arguments")
+    model = build_model(meta["name"], **meta["build"])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), payload
+
+
+def roi_batch(npz: Path, *, tab: np.ndarray | None = None, device: str = "cpu") -> dict:
+    """The one-patient batch a model's ``forward`` reads, loaded as training loads it."""
+    import torch
+
+    from lungfusion.training.data import LoadRoid
+
+    sample = LoadRoid()({"path": str(npz)})
+    batch = {
+        "ct": torch.as_tensor(sample["ct"])[None].to(device),
+        "pet": torch.as_tensor(sample["pet"])[None].to(device),
+        "has_pet": torch.as_tensor([bool(sample["has_pet"])]).to(device),
+    }
+    if tab is not None:
+        batch["tab"] = torch.as_tensor(tab, dtype=torch.float32)[None].to(device)
+    return batch
+
+
+def parse_clinical(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--clinical expects key=value, got {pair!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def tabular_vector(
+    columns: list[str], clinical: dict, *, sheet: pd.DataFrame, train_ids: list[str], patient: str
+) -> np.ndarray:
+    """The patient's clinical features standardised with the fold's training patients."""
+    from lungfusion.training.data import tabular_features
+
+    row = pd.DataFrame([{"patient_id": patient, **clinical}])
+    combined = pd.concat([sheet[sheet.patient_id.astype(str) != patient], row], ignore_index=True)
+    for column in ("age", "weight_kg", "pack_years"):
+        if column in combined:
+            combined[column] = pd.to_numeric(combined[column], errors="coerce")
+    features = tabular_features(combined, fit_ids=train_ids)
+    return features.loc[patient].reindex(columns).fillna(0.0).to_numpy(np.float32)
+
+
+def predict_model(checkpoints: list[Path], npz: Path, *, has_pet: bool, tab_context, device: str) -> dict:
+    """One model's fold predictions and their mean (or why it was skipped)."""
+    import torch
+
+    from lungfusion.models import required_modalities
+
+    folds = {}
+    for path in checkpoints:
+        model, payload = load_checkpoint(path, device=device)
+        meta = payload["model"]
+        modalities = required_modalities(meta["name"])
+        if "pet" in modalities and not has_pet:
+            return {"skipped": "the model reads PET and this patient has none"}
+        tab = None
+        if meta.get("tabular_columns"):
+            if tab_context is None:
+                return {"skipped": "the model reads clinical values: give --clinical, the sample sheet and folds"}
+            fold = int(FOLD_DIR.match(path.parent.name).group(1))
+            tab = tab_context(meta["tabular_columns"], fold)
+        with torch.no_grad():
+            output = model(roi_batch(npz, tab=tab, device=device)).float().cpu()
+        if payload.get("task") == "survival":
+            folds[path.parent.name] = {"risk": float(output.reshape(-1)[0])}
+        else:
+            probs = torch.softmax(output, dim=1)[0].numpy()
+            folds[path.parent.name] = {
+                "probabilities": {c: float(p) for c, p in zip(payload["classes"], probs, strict=True)}
+            }
+    first = next(iter(folds.values()))
+    if "risk" in first:
+        result = {"risk": float(np.mean([f["risk"] for f in folds.values()]))}
+    else:
+        classes = list(first["probabilities"])
+        result = {
+            "probabilities": {
+                c: float(np.mean([f["probabilities"][c] for f in folds.values()])) for c in classes
+            }
+        }
+    return {**result, "n_folds": len(folds), "averaging": AVERAGING, "folds": folds}
+
+
+def _tab_context(args, config: dict, clinical: dict, patient: str):
+    """A function (columns, fold) -> feature vector, or None when the inputs are missing."""
+    if not clinical:
+        return None
+    from lungfusion.commands.splits import read_sheet
+    from lungfusion.training.splits import read_folds
+
+    sheet_path = args.sample_sheet or config["cohort"]["sample_sheet"]
+    folds_path = args.folds or args.models_dir.parent / "splits" / "folds.tsv"
+    if not Path(sheet_path).is_file() or not Path(folds_path).is_file():
+        log.warning("clinical models skipped: need %s and %s", sheet_path, folds_path)
+        return None
+    sheet = read_sheet(sheet_path, config["cohort"], keep_all_labels=True)
+    folds = read_folds(folds_path)
+
+    def vector(columns: list[str], fold: int) -> np.ndarray:
+        train = folds[(folds.fold == fold) & (folds.role == "train")].patient_id.astype(str)
+        return tabular_vector(columns, clinical, sheet=sheet, train_ids=list(train), patient=patient)
+
+    return vector
+
+
+def run(args: argparse.Namespace, config: dict) -> int:
+    clinical = parse_clinical(args.clinical)
+    checkpoints = find_checkpoints(args.models_dir, args.models)
+    if not checkpoints:
+        raise SystemExit(f"no trained models (*/fold*/model.pt) under {args.models_dir}")
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="lungfusion-predict-"))
+    try:
+        try:
+            imaging = prepare_roi(args.dicom, work_dir, config, args.patient_id)
+        except PatientInputError as error:
+            log.error("imaging failed: %s", error)
+            return 1
+        tab_context = _tab_context(args, config, clinical, args.patient_id)
+        device = "cuda" if args.device == "auto" and _cuda() else args.device.replace("auto", "cpu")
+        models = {
+            name: predict_model(paths, imaging["npz"], has_pet=imaging["has_pet"],
+                                tab_context=tab_context, device=device)  # fmt: skip
+            for name, paths in checkpoints.items()
+        }
+        record = {
+            "patient_id": args.patient_id,
+            "task": config["task"],
+            "averaging": AVERAGING,
+            "imaging": {k: v for k, v in imaging.items() if k != "npz"},
+            "models": models,
+        }
+        if args.work_dir is not None:
+            record["imaging"]["roi"] = str(imaging["npz"])
+        print(format_predictions(record))
+        if args.out is not None:
+            write_json_atomic(args.out, record)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def format_predictions(record: dict) -> str:
+    """A short text table: one line per model."""
+    lines = [
+        f"patient {record['patient_id']} ({'PET/CT' if record['imaging']['has_pet'] else 'CT only'}); "
+        f"each model: {AVERAGING}"
+    ]
+    for name, result in record["models"].items():
+        if "skipped" in result:
+            lines.append(f"  {name:<14} skipped: {result['skipped']}")
+        elif "risk" in result:
+            lines.append(f"  {name:<14} risk {result['risk']:.4f} ({result['n_folds']} folds)")
+        else:
+            probs = "  ".join(f"P({c})={p:.3f}" for c, p in result["probabilities"].items())
+            lines.append(f"  {name:<14} {probs} ({result['n_folds']} folds)")
+    return "\n".join(lines)

@@ -1,0 +1,347 @@
+"""Assemble the report from a ``results/`` tree: tables, figures, ``report.md``, ``index.html``.
+
+Reads what the evaluation, integration and imaging stages wrote (``metrics/all.tsv``,
+``metrics/summary.json``, ``metrics/{model}_km.tsv``, the prediction files, ``splits/cohort.tsv``
+and the per-patient sidecars and QC pictures) and never imports torch. Every output is written
+atomically; ``index.html`` last, so its presence marks a complete report.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lungfusion.artifacts import write_text_atomic
+from lungfusion.evaluation.tables import discover_predictions, read_predictions
+from lungfusion.report import cohort as cohort_lib
+from lungfusion.report import figures, tables
+from lungfusion.report.html import Section, figure_block, image_tag, paragraph, render_page
+
+log = logging.getLogger(__name__)
+
+# config section `report` (read with these defaults until the schema has it)
+REPORT_DEFAULTS = {
+    "title": "lungfusion report",
+    "decimals": 3,
+    "metrics": None,  # main-table columns; null: chosen by task
+    "calibration_bins": 10,
+    "thumbnail_px": 360,
+    "max_gallery": 500,
+}
+
+
+@dataclass
+class Inputs:
+    """Everything read from ``results/``."""
+
+    metrics: pd.DataFrame
+    summary: dict
+    predictions: dict[str, pd.DataFrame]
+    km: dict[str, pd.DataFrame]
+    cohort: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_inputs(results: Path, *, task: str) -> Inputs:
+    warnings: list[str] = []
+    all_path = results / "metrics" / "all.tsv"
+    if all_path.is_file():
+        metrics = pd.read_csv(all_path, sep="\t", dtype={"model": str, "metric": str})
+    else:
+        warnings.append(f"no metric table {all_path}: run `lungfusion evaluate` first")
+        metrics = pd.DataFrame(columns=["model", "metric", "value", "ci_low", "ci_high"])
+    summary = cohort_lib.read_json_or_none(results / "metrics" / "summary.json") or {}
+    models = list(dict.fromkeys(metrics["model"].astype(str)))
+    predictions = _read_predictions(results, models, warnings)
+    km = {}
+    if task == "survival":
+        for model in models:
+            path = results / "metrics" / f"{model}_km.tsv"
+            if path.is_file():
+                km[model] = pd.read_csv(path, sep="\t")
+    return Inputs(metrics, summary, predictions, km, cohort_lib.read_cohort(results), warnings)
+
+
+def _read_predictions(results: Path, models: list[str], warnings: list[str]) -> dict:
+    found: dict[str, list[Path]] = {}
+    for folder in ("train", "integrate"):
+        if not (results / folder).is_dir():
+            continue
+        try:
+            for model, files in discover_predictions([str(results / folder)]).items():
+                found.setdefault(model, []).extend(files)
+        except FileNotFoundError as error:
+            warnings.append(str(error))
+    wanted = models or sorted(found)
+    out = {}
+    for model in wanted:
+        if model not in found:
+            warnings.append(f"{model}: no predictions.tsv found for its figures")
+            continue
+        try:
+            out[model] = read_predictions(sorted(set(found[model])))[0]
+        except (ValueError, KeyError) as error:
+            warnings.append(f"{model}: predictions unreadable: {error}")
+    return out
+
+
+def fold_cuts(summary: dict) -> dict[str, dict[int, float]]:
+    """Per model and fold, the positive-class threshold the evaluation used."""
+    cuts = {}
+    for model, info in (summary.get("models") or {}).items():
+        per_fold = ((info or {}).get("threshold") or {}).get("per_fold") or {}
+        cuts[model] = {
+            int(k): float(v["threshold"]) for k, v in per_fold.items() if "threshold" in v
+        }
+    return cuts
+
+
+def threshold_rule(summary: dict) -> str:
+    for info in (summary.get("models") or {}).values():
+        rule = ((info or {}).get("threshold") or {}).get("rule")
+        if rule:
+            return rule
+    return "threshold: see metrics/summary.json"
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+@dataclass
+class Written:
+    """What the report wrote, for the page and the Markdown."""
+
+    figures: dict[str, tuple[Path, str]] = field(default_factory=dict)  # key -> (path, caption)
+    tables: dict[str, list[Path]] = field(default_factory=dict)
+
+
+def _write_table_files(stem: Path, frame: pd.DataFrame, latex: str, markdown: str) -> list[Path]:
+    paths = [stem.with_suffix(".csv"), stem.with_suffix(".tex"), stem.with_suffix(".md")]
+    write_text_atomic(paths[0], frame.to_csv(index=False))
+    write_text_atomic(paths[1], latex)
+    write_text_atomic(paths[2], markdown)
+    return paths
+
+
+def build_report(
+    results: str | Path,
+    out_dir: str | Path,
+    *,
+    task: str = "classification",
+    classes: list[str] | tuple[str, ...] = ("ADC", "SQC"),
+    settings: dict | None = None,
+) -> Path:
+    """Write the whole report under ``out_dir``; returns the path of ``index.html``."""
+    settings = {**REPORT_DEFAULTS, **(settings or {})}
+    results, out_dir = Path(results), Path(out_dir)
+    classes = list(classes)
+    decimals = int(settings["decimals"])
+    inputs = read_inputs(results, task=task)
+    written = Written()
+
+    # metric table (methods x metrics)
+    metric_names = settings["metrics"] or tables.default_metrics(inputs.metrics, task=task)
+    metric_table = tables.build_table(inputs.metrics, metrics=list(metric_names))
+    ci_text = inputs.summary.get("confidence_intervals", "95% bootstrap intervals")
+    caption = f"Out-of-fold test performance; value ({ci_text}). Best in bold, second underlined."
+    written.tables["metrics"] = _write_table_files(
+        out_dir / "tables" / "metrics",
+        tables.to_frame(metric_table, decimals=decimals),
+        tables.to_latex(metric_table, decimals=decimals, caption=caption, label="tab:metrics"),
+        tables.to_markdown(metric_table, decimals=decimals),
+    )
+    write_text_atomic(out_dir / "tables" / "metrics_long.csv", inputs.metrics.to_csv(index=False))
+
+    # cohort, exclusions, registration, late-fusion patterns
+    patients = cohort_lib.patient_ids(results, inputs.cohort)
+    plain = {
+        "cohort": (
+            cohort_lib.cohort_summary(inputs.cohort, classes=classes),
+            "Cohort",
+            "Patients per class in the sample sheet, included in the analysis (with CT and PET, "
+            "or CT only) and excluded.",
+        ),
+        "exclusions": (
+            cohort_lib.exclusions(inputs.cohort),
+            "Exclusions",
+            "Excluded patients and why.",
+        ),
+        "registration": (
+            cohort_lib.registration_quality(results, patients),
+            "Registration quality",
+            "PET-to-CT registration per patient: Mattes mutual information before and after "
+            "refinement (lower is better), whether the refinement was kept, the movement found "
+            "and the time taken (seconds).",
+        ),
+        "fusion_patterns": (
+            cohort_lib.pattern_counts(results),
+            "Late-fusion patterns",
+            "Patients per modality pattern of each late-fusion integrator (which submodels "
+            "scored them; e.g. ct+clinical when the PET is missing).",
+        ),
+    }
+    for name, (frame, title, _) in plain.items():
+        written.tables[name] = _write_table_files(
+            out_dir / "tables" / name, frame,
+            tables.frame_to_latex(frame, caption=title), tables.frame_to_markdown(frame),
+        )  # fmt: skip
+
+    # figures
+    fig_dir = out_dir / "figures"
+    predictions = inputs.predictions
+    if task == "classification" and predictions:
+        rule = threshold_rule(inputs.summary)
+        specs = {
+            "roc": (
+                figures.roc_figure,
+                "ROC curves of all models (pooled out-of-fold test predictions).",
+            ),
+            "pr": (figures.pr_figure, "Precision-recall curves; dashed: prevalence."),
+        }
+        for key, (draw, text) in specs.items():
+            written.figures[key] = (draw(predictions, classes, fig_dir / f"{key}.png"), text)
+        written.figures["calibration"] = (
+            figures.calibration_figure(
+                predictions, classes, fig_dir / "calibration.png",
+                n_bins=int(settings["calibration_bins"]),
+            ),
+            "Calibration (reliability) of the predicted probabilities.",
+        )  # fmt: skip
+        written.figures["confusion"] = (
+            figures.confusion_figure(
+                predictions,
+                classes,
+                fig_dir / "confusion.png",
+                thresholds=fold_cuts(inputs.summary),
+            ),
+            f"Confusion matrices at the evaluation's threshold ({rule}).",
+        )
+    if task == "survival" and inputs.km:
+        p_values = _metric_values(inputs.metrics, "logrank_p")
+        written.figures["km"] = (
+            figures.km_figure(inputs.km, fig_dir / "km.png", logrank_p=p_values),
+            "Kaplan-Meier curves of high/low risk groups (split at each fold's validation "
+            "median risk) with the log-rank p-value.",
+        )
+    entries = cohort_lib.qc_entries(results, patients)[: int(settings["max_gallery"])]
+    gallery = figures.qc_gallery_figure(entries, fig_dir / "qc_gallery.png")
+    if gallery is not None:
+        written.figures["qc_gallery"] = (gallery, "Per-patient ROI QC pictures.")
+
+    write_text_atomic(out_dir / "report.md", _markdown(settings, task, inputs, written, plain))
+    page = _html(settings, task, classes, inputs, written, plain, metric_table, entries)
+    index = out_dir / "index.html"
+    write_text_atomic(index, page)  # last: marks a complete report
+    log.info(
+        "report: %d models, %d figures -> %s", len(metric_table.models), len(written.figures), index
+    )
+    return index
+
+
+def _metric_values(metrics: pd.DataFrame, name: str) -> dict[str, float]:
+    rows = metrics[metrics["metric"] == name]
+    return {
+        str(m): float(v) for m, v in zip(rows["model"], rows["value"], strict=True) if pd.notna(v)
+    }
+
+
+def _notes(task: str, inputs: Inputs) -> list[str]:
+    notes = []
+    if inputs.summary.get("pooling"):
+        notes.append(f"Pooling: {inputs.summary['pooling']}.")
+    if inputs.summary.get("confidence_intervals"):
+        notes.append(f"Intervals: {inputs.summary['confidence_intervals']}.")
+    if task == "classification":
+        notes.append(f"Threshold: {threshold_rule(inputs.summary)}.")
+        delong = inputs.summary.get("delong")
+        if isinstance(delong, dict):
+            for metric, record in delong.items():
+                notes.append(
+                    f"DeLong tests of {metric} against the best model ({record.get('best')})."
+                )
+    return notes + [f"Warning: {w}" for w in inputs.warnings]
+
+
+def _markdown(settings, task, inputs, written, plain) -> str:
+    decimals_note = "Best in **bold**, second <u>underlined</u>; each value with its interval."
+    lines = [f"# {settings['title']}", "", f"Task: {task}.", ""]
+    lines += [f"- {note}" for note in _notes(task, inputs)] + [""]
+    lines += ["## Performance", "", decimals_note, ""]
+    lines.append(written.tables["metrics"][2].read_text(encoding="utf-8"))
+    for key, (path, caption) in written.figures.items():
+        if key == "qc_gallery":
+            continue
+        lines += [f"![{key}](figures/{path.name})", "", f"*{caption}*", ""]
+    for name, (_, title, description) in plain.items():
+        table_text = written.tables[name][2].read_text(encoding="utf-8")
+        lines += [f"## {title}", "", description, "", table_text, ""]
+    if "qc_gallery" in written.figures:
+        lines += ["## QC gallery", "", "![qc gallery](figures/qc_gallery.png)", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _gallery_html(entries: list[dict], width: int) -> str:
+    items = []
+    for entry in entries:
+        facts = [entry["status"]]
+        if entry.get("crop"):
+            facts.append(f"crop {entry['crop']}")
+        facts.append("PET" if entry.get("has_pet") else "no PET")
+        if entry.get("lung_ml") is not None:
+            facts.append(f"lungs {entry['lung_ml']:.0f} mL")
+        caption = f"{entry['patient_id']}: " + ", ".join(facts)
+        extra = "; ".join([*entry.get("warnings", []), entry.get("reason", "")]).strip("; ")
+        bad = " class='bad'" if entry["status"] != "ok" else ""
+        picture = (
+            image_tag(figures.thumbnail(entry["png"], width=width), alt=f"QC {entry['patient_id']}")
+            if entry.get("png") is not None
+            else "<p class='bad'>no QC picture</p>"
+        )
+        items.append(
+            f"<figure>{picture}<figcaption{bad}>{html.escape(caption)}"
+            + (f"<br>{html.escape(extra)}" if extra else "")
+            + "</figcaption></figure>"
+        )
+    return "<div class='gallery'>" + "".join(items) + "</div>"
+
+
+def _figure_width(key: str, n_classes: int) -> str:
+    """Single-panel curves side by side; multi-panel figures across the page."""
+    return "small" if key in ("roc", "pr", "calibration") and n_classes == 2 else "wide"
+
+
+def _html(settings, task, classes, inputs, written, plain, metric_table, entries) -> str:
+    decimals = int(settings["decimals"])
+    notes = "".join(paragraph(n) for n in _notes(task, inputs))
+    performance = (
+        paragraph(
+            "Methods as rows, metrics as columns; best in bold, second underlined; "
+            "each value with its interval."
+        )  # fmt: skip
+        + f"<div class='scroll'>{tables.to_html(metric_table, decimals=decimals)}</div>"
+        + notes
+    )
+    sections = [Section("performance", "Performance", performance)]
+    figure_html = "".join(
+        figure_block(path, alt=key, caption=caption, css_class=_figure_width(key, len(classes)))
+        for key, (path, caption) in written.figures.items()
+        if key != "qc_gallery"
+    )
+    if figure_html:
+        sections.append(Section("figures", "Figures", f"<div class='figures'>{figure_html}</div>"))
+    for name, (frame, title, description) in plain.items():
+        body = tables.frame_to_html(frame) if not frame.empty else paragraph("none")
+        sections.append(
+            Section(name, title, paragraph(description) + f"<div class='scroll'>{body}</div>")
+        )
+    if entries:
+        sections.append(
+            Section("qc", "QC gallery", _gallery_html(entries, int(settings["thumbnail_px"])))
+        )
+    n = len(inputs.cohort)
+    subtitle = f"Task: {task}; {n} patients in the cohort table; {len(metric_table.models)} models."
+    return render_page(title=settings["title"], sections=sections, subtitle=subtitle)

@@ -1,0 +1,238 @@
+"""The report's figures, drawn with matplotlib (Agg backend, no display needed).
+
+Every figure reads pooled out-of-fold test predictions (each patient tested once) and is
+written atomically as PNG. Two classes: the curves are those of the positive class (the last
+of ``cohort.classes``); more classes: one one-vs-rest panel per class.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+from lungfusion.artifacts import atomic_path  # noqa: E402
+
+DPI = 110
+
+
+def save_figure(figure: plt.Figure, path: str | Path) -> Path:
+    """Write ``figure`` as PNG atomically and close it."""
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def one_vs_rest(
+    table: pd.DataFrame, classes: list[str], index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 truth and score of class ``index`` over rows with a known label."""
+    labels = table["label"].astype(str)
+    known = labels.isin(classes).to_numpy()
+    y = (labels[known] == classes[index]).to_numpy(int)
+    score = table.loc[known, f"prob_{classes[index]}"].to_numpy(float)
+    finite = np.isfinite(score)
+    return y[finite], score[finite]
+
+
+def _panels(classes: list[str]) -> list[int]:
+    """Class indices drawn: the positive class for two classes, every class otherwise."""
+    return [len(classes) - 1] if len(classes) == 2 else list(range(len(classes)))
+
+
+def _axes(n: int, size: float = 4.6) -> tuple[plt.Figure, list[plt.Axes]]:
+    columns = min(n, 3)
+    rows = math.ceil(n / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for extra in flat[n:]:
+        extra.axis("off")
+    return figure, flat[:n]
+
+
+def _title(classes: list[str], index: int, what: str) -> str:
+    if len(classes) == 2:
+        return f"{what}: {classes[index]} vs {classes[0]}"
+    return f"{what}: {classes[index]} vs rest"
+
+
+def roc_figure(predictions: dict[str, pd.DataFrame], classes: list[str], path: str | Path) -> Path:
+    """ROC curves of all models on one plot (one panel per class for more than two)."""
+    panels = _panels(classes)
+    figure, axes = _axes(len(panels), size=5.2)
+    for axis, index in zip(axes, panels, strict=True):
+        for model, table in predictions.items():
+            y, score = one_vs_rest(table, classes, index)
+            if len(np.unique(y)) < 2:
+                continue
+            fpr, tpr, _ = roc_curve(y, score)
+            axis.plot(fpr, tpr, lw=1.6, label=f"{model} (AUC {roc_auc_score(y, score):.3f})")
+        axis.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1)
+        axis.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+        axis.set_title(_title(classes, index, "ROC"))
+        axis.legend(loc="lower right", fontsize=8)
+        axis.set_aspect("equal")
+    return save_figure(figure, path)
+
+
+def pr_figure(predictions: dict[str, pd.DataFrame], classes: list[str], path: str | Path) -> Path:
+    """Precision-recall curves of all models, with the prevalence as the chance line."""
+    panels = _panels(classes)
+    figure, axes = _axes(len(panels), size=5.2)
+    for axis, index in zip(axes, panels, strict=True):
+        prevalence = None
+        for model, table in predictions.items():
+            y, score = one_vs_rest(table, classes, index)
+            if len(np.unique(y)) < 2:
+                continue
+            precision, recall, _ = precision_recall_curve(y, score)
+            ap = average_precision_score(y, score)
+            axis.step(recall, precision, where="post", lw=1.6, label=f"{model} (AP {ap:.3f})")
+            prevalence = float(y.mean())
+        if prevalence is not None:
+            axis.axhline(prevalence, ls="--", c="0.6", lw=1, label=f"prevalence {prevalence:.2f}")
+        axis.set(
+            xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.02)
+        )
+        axis.set_title(_title(classes, index, "Precision-recall"))
+        axis.legend(loc="lower left", fontsize=8)
+    return save_figure(figure, path)
+
+
+def calibration_figure(
+    predictions: dict[str, pd.DataFrame], classes: list[str], path: str | Path, *, n_bins: int = 10
+) -> Path:
+    """Reliability diagram: observed frequency against mean predicted probability per bin."""
+    panels = _panels(classes)
+    figure, axes = _axes(len(panels), size=5.2)
+    for axis, index in zip(axes, panels, strict=True):
+        for model, table in predictions.items():
+            y, score = one_vs_rest(table, classes, index)
+            if len(np.unique(y)) < 2:
+                continue
+            observed, predicted = calibration_curve(y, score, n_bins=n_bins, strategy="uniform")
+            brier = float(np.mean((score - y) ** 2))
+            axis.plot(
+                predicted, observed, marker="o", ms=3, lw=1.4, label=f"{model} (Brier {brier:.3f})"
+            )
+        axis.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="perfect")
+        axis.set(xlabel=f"predicted P({classes[index]})", ylabel="observed frequency",
+                 xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
+        axis.set_title(_title(classes, index, f"Calibration ({n_bins} bins)"))
+        axis.legend(loc="upper left", fontsize=8)
+        axis.set_aspect("equal")
+    return save_figure(figure, path)
+
+
+def predicted_classes(
+    table: pd.DataFrame, classes: list[str], cuts: dict[int, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) class indices; two classes: positive when prob >= the fold's cut."""
+    labels = table["label"].astype(str)
+    known = labels.isin(classes).to_numpy()
+    rows = table[known]
+    truth = rows["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy(int)
+    probs = rows[[f"prob_{c}" for c in classes]].to_numpy(float)
+    if len(classes) == 2:
+        cut = rows["fold"].astype(int).map(lambda f: (cuts or {}).get(int(f), 0.5)).to_numpy(float)
+        return truth, (probs[:, 1] >= cut).astype(int)
+    return truth, probs.argmax(axis=1)
+
+
+def confusion_figure(
+    predictions: dict[str, pd.DataFrame],
+    classes: list[str],
+    path: str | Path,
+    *,
+    thresholds: dict[str, dict[int, float]] | None = None,
+) -> Path:
+    """One confusion matrix per model at the threshold the evaluation used."""
+    thresholds = thresholds or {}
+    models = list(predictions)
+    figure, axes = _axes(max(len(models), 1), size=3.4)
+    for axis, model in zip(axes, models, strict=False):
+        truth, predicted = predicted_classes(predictions[model], classes, thresholds.get(model))
+        matrix = confusion_matrix(truth, predicted, labels=list(range(len(classes))))
+        axis.imshow(matrix, cmap="Blues")
+        for (i, j), count in np.ndenumerate(matrix):
+            dark = count > matrix.max() / 2
+            axis.text(
+                j, i, str(count), ha="center", va="center", color="white" if dark else "black"
+            )
+        axis.set_xticks(range(len(classes)), classes)
+        axis.set_yticks(range(len(classes)), classes)
+        axis.set(xlabel="predicted", ylabel="true")
+        cuts = sorted(set((thresholds.get(model) or {}).values()))
+        note = "arg-max" if len(classes) > 2 else (
+            "cut " + ("/".join(f"{c:.2f}" for c in cuts) if cuts else "0.50")
+        )  # fmt: skip
+        axis.set_title(f"{model} ({note})", fontsize=9)
+    return save_figure(figure, path)
+
+
+def km_figure(
+    curves: dict[str, pd.DataFrame], path: str | Path, *, logrank_p: dict[str, float] | None = None
+) -> Path:
+    """Kaplan-Meier curves of the high- and low-risk groups of each model."""
+    logrank_p = logrank_p or {}
+    models = list(curves)
+    figure, axes = _axes(max(len(models), 1), size=4.0)
+    colours = {"high": "tab:red", "low": "tab:blue"}
+    for axis, model in zip(axes, models, strict=False):
+        table = curves[model]
+        for group, part in table.groupby("group", sort=True):
+            n = int(part["n_at_start"].iloc[0]) if "n_at_start" in part else len(part)
+            axis.step(part["time"], part["survival"], where="post", lw=1.6,
+                      color=colours.get(str(group)), label=f"{group} risk (n={n})")  # fmt: skip
+        p = logrank_p.get(model)
+        suffix = f", log-rank p={p:.3g}" if p is not None and np.isfinite(p) else ""
+        axis.set_title(f"{model}{suffix}", fontsize=9)
+        axis.set(xlabel="days", ylabel="survival probability", ylim=(0, 1.02))
+        axis.legend(loc="lower left", fontsize=8)
+    return save_figure(figure, path)
+
+
+def qc_gallery_figure(entries: list[dict], path: str | Path, *, columns: int = 4) -> Path | None:
+    """A contact sheet of the per-patient ROI QC pictures (None when there are none)."""
+    shown = [e for e in entries if e.get("png") is not None]
+    if not shown:
+        return None
+    rows = math.ceil(len(shown) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, entry in zip(axes.ravel(), shown, strict=False):
+        axis.imshow(plt.imread(entry["png"]))
+        axis.set_title(f"{entry['patient_id']} ({entry.get('status', '')})", fontsize=8)
+    return save_figure(figure, path)
+
+
+def thumbnail(path: str | Path, *, width: int = 360) -> bytes:
+    """PNG bytes of ``path`` scaled to ``width`` pixels wide (never enlarged)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if image.width > width:
+            image = image.resize((width, max(1, round(image.height * width / image.width))))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()

@@ -1,0 +1,84 @@
+"""Open the report page in a real headless browser (Debian's chromium) and check what it shows.
+
+Skipped when /usr/bin/chromium is absent (install: apt-get install chromium chromium-driver).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_report import CLASSES, PNG_MAGIC, make_fake_results
+
+from lungfusion.report.build import build_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _chromium_flags(profile: Path) -> list[str]:
+    return [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory) -> Path:
+    if not CHROMIUM.is_file() or shutil.which(str(CHROMIUM)) is None:
+        pytest.skip(
+            f"chromium not installed at {CHROMIUM} (apt-get install chromium chromium-driver)"
+        )
+    root = tmp_path_factory.mktemp("browser")
+    results = make_fake_results(root)
+    return build_report(results, results / "report", task="classification", classes=CLASSES)
+
+
+def test_browser_dom_has_tables_and_figures(page: Path, tmp_path: Path):
+    done = subprocess.run(
+        [*_chromium_flags(tmp_path / "profile"), "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    dom = done.stdout
+    assert done.returncode == 0 and "<table" in dom, done.stderr[-2000:]
+    # the metric table as the browser parsed it: model names and metric headers
+    metrics = re.search(r'<table class="metrics">(.*?)</table>', dom, re.S)
+    assert metrics is not None, "metric table missing from the rendered DOM"
+    for text in (
+        "AUROC",
+        "ACC",
+        "G-mean",
+        "BACC",
+        "DeLong p vs best",
+        "ct",
+        "pet",
+        "late_logistic",
+    ):
+        assert f">{text}<" in metrics.group(1), text
+    assert "<strong>0.800</strong>" in metrics.group(1) and "<u>0.700</u>" in metrics.group(1)
+    for section in ("performance", "figures", "cohort", "exclusions", "registration", "qc"):
+        assert f'id="{section}"' in dom, section
+    # figures: img elements whose data: URIs decode to PNG
+    sources = re.findall(r'<img[^>]*src="(data:[^"]+)"', dom)
+    assert len(sources) >= 15
+    for source in sources:
+        header, data = source.split(",", 1)
+        assert header == "data:image/png;base64"
+        assert base64.b64decode(data).startswith(PNG_MAGIC)
+    assert len(re.findall(r"<img", dom)) == len(sources), "an image without a data: URI"
+
+
+def test_browser_screenshot(page: Path, tmp_path: Path):
+    shot = tmp_path / "page.png"
+    done = subprocess.run(
+        [*_chromium_flags(tmp_path / "profile"), "--hide-scrollbars", "--window-size=1280,2400",
+         f"--screenshot={shot}", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 50_000  # a page with content, not blank

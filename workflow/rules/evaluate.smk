@@ -1,0 +1,58 @@
+# Late-fusion integration of the unimodal submodels (seed 003) and evaluation of every model.
+
+
+rule integrate:
+    input:
+        folds=f"{RESULTS}/splits/folds.tsv",
+        sheet=SAMPLE_SHEET,
+        submodels=lambda wc: fold_outputs(
+            [m for m in config["integrate"]["submodels"] if m != "clinical"]
+        ),
+    output:
+        predictions=f"{RESULTS}/integrate/{{integrator}}/predictions.tsv",
+        done=f"{RESULTS}/integrate/{{integrator}}/summary.json",
+    params:
+        cfg=sections("task", "cohort", "integrate"),
+        train_dir=f"{RESULTS}/train",
+        out_dir=lambda wc: f"{RESULTS}/integrate/{wc.integrator}",
+    log:
+        f"{RESULTS}/logs/integrate/{{integrator}}.log",
+    wildcard_constraints:
+        integrator="late_logistic|late_cox",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "{LUNGFUSION} --params {params.cfg:q} integrate --name {wildcards.integrator}"
+        " --train-dir {params.train_dir:q} --folds {input.folds:q} --sample-sheet {input.sheet:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule evaluate:
+    input:
+        models=fold_outputs(MODELS),
+        integrator=f"{RESULTS}/integrate/{INTEGRATOR}/summary.json",
+    output:
+        table=f"{RESULTS}/metrics/all.tsv",
+        done=f"{RESULTS}/metrics/summary.json",
+    params:
+        cfg=sections("task", "cohort", "evaluate"),
+        predictions=[f"{RESULTS}/train/{m}" for m in MODELS]
+        + [f"{RESULTS}/integrate/{INTEGRATOR}"],
+        out_dir=f"{RESULTS}/metrics",
+    log:
+        f"{RESULTS}/logs/evaluate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "{LUNGFUSION} --params {params.cfg:q} evaluate --predictions {params.predictions:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
