@@ -201,6 +201,13 @@ def test_known_perturbations_of_the_sts_pet_are_recovered(sts, degrees, translat
 
 
 @needs_sts
+def test_refinement_moves_the_aligned_sts_tumour_at_most_1_mm(sts):
+    ct, pet, points = sts
+    transform, info = register_pet_to_ct(ct, pet)
+    assert transform_error_mm(sitk.Transform(), transform, points).mean() <= 1.0, info
+
+
+@needs_sts
 def test_registration_is_deterministic_for_a_seed(sts):
     ct, pet, _ = sts
     first, _ = register_pet_to_ct(ct, pet, seed=3, max_iterations=15)

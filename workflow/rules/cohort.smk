@@ -6,21 +6,21 @@ if SYNTHETIC:
     rule synth:
         output:
             sheet=SAMPLE_SHEET,
-        params:
-            cfg=sections("synthetic"),
-            out_dir=config["synthetic"]["out_dir"],
         log:
             f"{RESULTS}/logs/synth.log",
         benchmark:
             f"{RESULTS}/benchmarks/synth.tsv"
+        conda:
+            "../../envs/cohort.yaml"
         threads: 1
         resources:
             mem_mb=4000,
             runtime=60,
-        conda:
-            "../../envs/cohort.yaml"
+        params:
+            cfg=sections("synthetic"),
+            out_dir=lambda wc, output: Path(output.sheet).parent,
         shell:
-            "{LUNGFUSION} --params {params.cfg:q} synth --out-dir {params.out_dir:q} > {log:q} 2>&1"
+            "python -m lungfusion --params {params.cfg:q} synth --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule index:
@@ -28,19 +28,19 @@ rule index:
         sheet=SAMPLE_SHEET,
     output:
         series=f"{RESULTS}/ingest/series.tsv",
-    params:
-        cfg=sections("cohort", "ingest"),
-        dicom_root=DICOM_ROOT,
     log:
         f"{RESULTS}/logs/index.log",
     benchmark:
         f"{RESULTS}/benchmarks/index.tsv"
+    conda:
+        "../../envs/cohort.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        "../../envs/cohort.yaml"
+    params:
+        cfg=sections("cohort", "ingest"),
+        dicom_root=DICOM_ROOT,
     shell:
-        "{LUNGFUSION} --params {params.cfg:q} index --dicom-root {params.dicom_root:q}"
+        "python -m lungfusion --params {params.cfg:q} index --dicom-root {params.dicom_root:q}"
         " --sample-sheet {input.sheet:q} --out {output.series:q} > {log:q} 2>&1"

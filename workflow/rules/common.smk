@@ -1,4 +1,5 @@
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -6,9 +7,20 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# The package's source must import inside a conda env that does not install it.
+# The package's source must import inside a conda env that does not install it, so jobs get
+# it on PYTHONPATH. Without conda, jobs use the Python that runs Snakemake (e.g. .venv's, even
+# when the venv is not activated); with --use-conda the env's activation puts its own first.
 SRC_DIR = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC_DIR))
+_inherited = dict(os.environ)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (str(SRC_DIR), _inherited.get("PYTHONPATH")) if p
+    ),
+    PATH=os.pathsep.join(
+        (str(Path(sys.executable).parent), _inherited.get("PATH", ""))
+    ),
+)
 
 from lungfusion.samplesheet import read_sample_sheet  # noqa: E402
 
@@ -23,9 +35,10 @@ SAMPLE_SHEET = (
     else COHORT["sample_sheet"]
 )
 DICOM_ROOT = (
-    str(Path(config["synthetic"]["out_dir"]) / "dicom") if SYNTHETIC else COHORT["dicom_root"]
+    str(Path(config["synthetic"]["out_dir"]) / "dicom")
+    if SYNTHETIC
+    else COHORT["dicom_root"]
 )
-LUNGFUSION = f"PYTHONPATH={SRC_DIR}${{PYTHONPATH:+:$PYTHONPATH}} python -m lungfusion"
 
 
 def read_samples():
@@ -33,7 +46,9 @@ def read_samples():
     if not Path(SAMPLE_SHEET).exists():
         if SYNTHETIC:
             return None
-        raise ValueError(f"sample sheet not found: {SAMPLE_SHEET} (cohort.sample_sheet)")
+        raise ValueError(
+            f"sample sheet not found: {SAMPLE_SHEET} (cohort.sample_sheet)"
+        )
     samples = read_sample_sheet(
         SAMPLE_SHEET,
         sheet_format=COHORT["sheet_format"],
@@ -79,8 +94,25 @@ INTEGRATOR = "late_cox" if config["task"] == "survival" else "late_logistic"
 
 
 def fold_outputs(models):
-    return expand(f"{RESULTS}/train/{{model}}/fold{{fold}}/summary.json", model=models, fold=FOLDS)
+    return expand(
+        f"{RESULTS}/train/{{model}}/fold{{fold}}/summary.json", model=models, fold=FOLDS
+    )
 
 
 def all_targets():
-    return [f"{RESULTS}/metrics/all.tsv"] + per_patient("{results}/roi/{pid}.json")
+    return [f"{RESULTS}/report/index.html"]
+
+
+def report_figures():
+    if config["task"] == "survival":
+        names = {"km": "km.rst"}
+    else:
+        names = {n: f"{n}.rst" for n in ("roc", "pr", "calibration", "confusion")}
+    return {
+        name: report(
+            f"{RESULTS}/report/figures/{name}.png",
+            caption=f"../report/{caption}",
+            category="Survival" if name == "km" else "Performance",
+        )
+        for name, caption in names.items()
+    }

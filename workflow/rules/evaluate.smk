@@ -11,22 +11,22 @@ rule integrate:
     output:
         predictions=f"{RESULTS}/integrate/{{integrator}}/predictions.tsv",
         done=f"{RESULTS}/integrate/{{integrator}}/summary.json",
-    params:
-        cfg=sections("task", "cohort", "integrate"),
-        train_dir=f"{RESULTS}/train",
-        out_dir=lambda wc: f"{RESULTS}/integrate/{wc.integrator}",
     log:
         f"{RESULTS}/logs/integrate/{{integrator}}.log",
     wildcard_constraints:
         integrator="late_logistic|late_cox",
+    conda:
+        "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/evaluate.yaml"
+    params:
+        cfg=sections("task", "cohort", "integrate"),
+        train_dir=f"{RESULTS}/train",
+        out_dir=lambda wc, output: Path(output.done).parent,
     shell:
-        "{LUNGFUSION} --params {params.cfg:q} integrate --name {wildcards.integrator}"
+        "python -m lungfusion --params {params.cfg:q} integrate --name {wildcards.integrator}"
         " --train-dir {params.train_dir:q} --folds {input.folds:q} --sample-sheet {input.sheet:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
@@ -38,21 +38,21 @@ rule evaluate:
     output:
         table=f"{RESULTS}/metrics/all.tsv",
         done=f"{RESULTS}/metrics/summary.json",
-    params:
-        cfg=sections("task", "cohort", "evaluate"),
-        predictions=[f"{RESULTS}/train/{m}" for m in MODELS]
-        + [f"{RESULTS}/integrate/{INTEGRATOR}"],
-        out_dir=f"{RESULTS}/metrics",
     log:
         f"{RESULTS}/logs/evaluate.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate.tsv"
+    conda:
+        "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/evaluate.yaml"
+    params:
+        cfg=sections("task", "cohort", "evaluate"),
+        predictions=[f"{RESULTS}/train/{m}" for m in MODELS]
+        + [f"{RESULTS}/integrate/{INTEGRATOR}"],
+        out_dir=lambda wc, output: Path(output.done).parent,
     shell:
-        "{LUNGFUSION} --params {params.cfg:q} evaluate --predictions {params.predictions:q}"
+        "python -m lungfusion --params {params.cfg:q} evaluate --predictions {params.predictions:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"

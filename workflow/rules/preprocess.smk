@@ -8,21 +8,21 @@ rule ingest:
         series=f"{RESULTS}/ingest/series.tsv",
     output:
         done=f"{RESULTS}/ingest/{{pid}}/ingest.json",
-    params:
-        cfg=sections("ingest"),
-        out_dir=lambda wc: f"{RESULTS}/ingest/{wc.pid}",
     log:
         f"{RESULTS}/logs/ingest/{{pid}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/ingest/{{pid}}.tsv"
+    conda:
+        "../../envs/cohort.yaml"
     threads: 1
     resources:
         mem_mb=3000,
         runtime=20,
-    conda:
-        "../../envs/cohort.yaml"
+    params:
+        cfg=sections("ingest"),
+        out_dir=lambda wc, output: Path(output.done).parent,
     shell:
-        "{LUNGFUSION} --params {params.cfg:q} ingest --patient {wildcards.pid:q}"
+        "python -m lungfusion --params {params.cfg:q} ingest --patient {wildcards.pid:q}"
         " --series {input.series:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
@@ -31,22 +31,22 @@ rule register:
         ingest=f"{RESULTS}/ingest/{{pid}}/ingest.json",
     output:
         done=f"{RESULTS}/register/{{pid}}/register.json",
-    params:
-        cfg=sections("register"),
-        ingest_dir=lambda wc: f"{RESULTS}/ingest/{wc.pid}",
-        out_dir=lambda wc: f"{RESULTS}/register/{wc.pid}",
     log:
         f"{RESULTS}/logs/register/{{pid}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/register/{{pid}}.tsv"
+    conda:
+        "../../envs/imaging.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=20,
-    conda:
-        "../../envs/imaging.yaml"
+    params:
+        cfg=sections("register"),
+        ingest_dir=lambda wc: f"{RESULTS}/ingest/{wc.pid}",
+        out_dir=lambda wc, output: Path(output.done).parent,
     shell:
-        "{LUNGFUSION} --params {params.cfg:q} register --patient {wildcards.pid:q}"
+        "python -m lungfusion --params {params.cfg:q} register --patient {wildcards.pid:q}"
         " --ingest-dir {params.ingest_dir:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
@@ -55,22 +55,22 @@ rule segment:
         register=f"{RESULTS}/register/{{pid}}/register.json",
     output:
         done=f"{RESULTS}/segment/{{pid}}/segment.json",
-    params:
-        cfg=sections("segment"),
-        register_dir=lambda wc: f"{RESULTS}/register/{wc.pid}",
-        out_dir=lambda wc: f"{RESULTS}/segment/{wc.pid}",
     log:
         f"{RESULTS}/logs/segment/{{pid}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/segment/{{pid}}.tsv"
+    conda:
+        "../../envs/imaging.yaml"
     threads: 1
     resources:
         mem_mb=3000,
         runtime=20,
-    conda:
-        "../../envs/imaging.yaml"
+    params:
+        cfg=sections("segment"),
+        register_dir=lambda wc: f"{RESULTS}/register/{wc.pid}",
+        out_dir=lambda wc, output: Path(output.done).parent,
     shell:
-        "{LUNGFUSION} --params {params.cfg:q} segment --patient {wildcards.pid:q}"
+        "python -m lungfusion --params {params.cfg:q} segment --patient {wildcards.pid:q}"
         " --register-dir {params.register_dir:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
@@ -81,23 +81,23 @@ rule roi:
         segment=f"{RESULTS}/segment/{{pid}}/segment.json",
     output:
         done=f"{RESULTS}/roi/{{pid}}.json",
+    log:
+        f"{RESULTS}/logs/roi/{{pid}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/roi/{{pid}}.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         cfg=sections("roi"),
         ingest_dir=lambda wc: f"{RESULTS}/ingest/{wc.pid}",
         register_dir=lambda wc: f"{RESULTS}/register/{wc.pid}",
         segment_dir=lambda wc: f"{RESULTS}/segment/{wc.pid}",
-        npz=lambda wc: f"{RESULTS}/roi/{wc.pid}.npz",
-    log:
-        f"{RESULTS}/logs/roi/{{pid}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/roi/{{pid}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/imaging.yaml"
+        npz=lambda wc, output: Path(output.done).with_suffix(".npz"),
     shell:
-        "{LUNGFUSION} --params {params.cfg:q} roi --patient {wildcards.pid:q}"
+        "python -m lungfusion --params {params.cfg:q} roi --patient {wildcards.pid:q}"
         " --ingest-dir {params.ingest_dir:q} --register-dir {params.register_dir:q}"
         " --segment-dir {params.segment_dir:q} --out {params.npz:q} > {log:q} 2>&1"

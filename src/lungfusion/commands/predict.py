@@ -41,8 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--clinical", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. age=64 sex=F"
     )
     parser.add_argument("--patient-id", default="new_patient", help="name used in the output")
-    parser.add_argument("--sample-sheet", default=None, help="for clinical features (default: cohort.sample_sheet)")
-    parser.add_argument("--folds", type=Path, default=None, help="default: MODELS_DIR/../splits/folds.tsv")
+    parser.add_argument(
+        "--sample-sheet", default=None, help="for clinical features (default: cohort.sample_sheet)"
+    )
+    parser.add_argument(
+        "--folds", type=Path, default=None, help="default: MODELS_DIR/../splits/folds.tsv"
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the imaging outputs here")
     parser.add_argument("--out", type=Path, default=None, help="predictions JSON")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -66,7 +70,8 @@ def index_patient(dicom_dir: Path, work_dir: Path, patient: str, *, ct_slice_thi
     n_ids = series["patient_id"].astype(str).nunique()
     if n_ids > 1:  # the IDs themselves may be PHI: give only their number
         raise PatientInputError(
-            f"{dicom_dir} holds {n_ids} DICOM PatientIDs; give one patient's folder", patient=patient
+            f"{dicom_dir} holds {n_ids} DICOM PatientIDs; give one patient's folder",
+            patient=patient,
         )
     series["patient_id"] = patient
     table = choose_series(series, [patient], ct_slice_thickness_mm=tuple(ct_slice_thickness_mm))
@@ -108,7 +113,10 @@ def prepare_roi(dicom_dir: Path, work_dir: Path, config: dict, patient: str) -> 
     with timer("segment"):
         segment_settings = {**SEGMENT_DEFAULTS, **(config.get("segment") or {})}
         segmented = segment_patient(
-            dirs["register"] / "ct.nii.gz", dirs["segment"], settings=segment_settings, timer=Timer()
+            dirs["register"] / "ct.nii.gz",
+            dirs["segment"],
+            settings=segment_settings,
+            timer=Timer(),
         )
     npz = work_dir / "roi" / f"{patient}.npz"
     roi_args = argparse.Namespace(
@@ -127,8 +135,12 @@ def prepare_roi(dicom_dir: Path, work_dir: Path, config: dict, patient: str) -> 
         "registration_kept": registration.get("kept"),
         "lung_volume_ml": segmented["volumes_ml"].get("total_ml"),
         "crop_used": roi["crop_used"],
-        "warnings": [*ingested["warnings"], *registered.get("warnings", []),
-                     *segmented["warnings"], *roi["warnings"]],  # fmt: skip
+        "warnings": [
+            *ingested["warnings"],
+            *registered.get("warnings", []),
+            *segmented["warnings"],
+            *roi["warnings"],
+        ],  # fmt: skip
         "timings_s": timer.seconds,
     }
 
@@ -206,7 +218,9 @@ def tabular_vector(
     return features.loc[patient].reindex(columns).fillna(0.0).to_numpy(np.float32)
 
 
-def predict_model(checkpoints: list[Path], npz: Path, *, has_pet: bool, tab_context, device: str) -> dict:
+def predict_model(
+    checkpoints: list[Path], npz: Path, *, has_pet: bool, tab_context, device: str
+) -> dict:
     """One model's fold predictions and their mean (or why it was skipped)."""
     import torch
 
@@ -222,7 +236,9 @@ def predict_model(checkpoints: list[Path], npz: Path, *, has_pet: bool, tab_cont
         tab = None
         if meta.get("tabular_columns"):
             if tab_context is None:
-                return {"skipped": "the model reads clinical values: give --clinical, the sample sheet and folds"}
+                return {
+                    "skipped": "the model reads clinical values: give --clinical, the sample sheet and folds"
+                }
             fold = int(FOLD_DIR.match(path.parent.name).group(1))
             tab = tab_context(meta["tabular_columns"], fold)
         with torch.no_grad():
@@ -232,7 +248,9 @@ def predict_model(checkpoints: list[Path], npz: Path, *, has_pet: bool, tab_cont
         else:
             probs = torch.softmax(output, dim=1)[0].numpy()
             folds[path.parent.name] = {
-                "probabilities": {c: float(p) for c, p in zip(payload["classes"], probs, strict=True)}
+                "probabilities": {
+                    c: float(p) for c, p in zip(payload["classes"], probs, strict=True)
+                }
             }
     first = next(iter(folds.values()))
     if "risk" in first:
@@ -264,7 +282,9 @@ def _tab_context(args, config: dict, clinical: dict, patient: str):
 
     def vector(columns: list[str], fold: int) -> np.ndarray:
         train = folds[(folds.fold == fold) & (folds.role == "train")].patient_id.astype(str)
-        return tabular_vector(columns, clinical, sheet=sheet, train_ids=list(train), patient=patient)
+        return tabular_vector(
+            columns, clinical, sheet=sheet, train_ids=list(train), patient=patient
+        )
 
     return vector
 
@@ -284,8 +304,13 @@ def run(args: argparse.Namespace, config: dict) -> int:
         tab_context = _tab_context(args, config, clinical, args.patient_id)
         device = "cuda" if args.device == "auto" and _cuda() else args.device.replace("auto", "cpu")
         models = {
-            name: predict_model(paths, imaging["npz"], has_pet=imaging["has_pet"],
-                                tab_context=tab_context, device=device)  # fmt: skip
+            name: predict_model(
+                paths,
+                imaging["npz"],
+                has_pet=imaging["has_pet"],
+                tab_context=tab_context,
+                device=device,
+            )  # fmt: skip
             for name, paths in checkpoints.items()
         }
         record = {

@@ -1,9 +1,9 @@
-"""The clinical submodel of late fusion: logistic regression or Cox PH on the clinical sheet.
+"""The clinical model: logistic regression or Cox PH on the parsed clinical sheet.
 
-Numbers (age, weight, pack-years) are median-imputed and standardised; categories (sex,
-smoking, T/N/M stage) are mode-imputed and one-hot encoded. Imputation, scaling and encoding
-are part of the fitted pipeline, so they are learnt from a fold's training patients only.
-The sheet's values arrive as text (``read_sample_sheet`` reads everything as text).
+It is both a trained model of its own (``lungfusion train --model clinical``) and the clinical
+submodel of late fusion. The sheet's text values are parsed by :mod:`lungfusion.clinical`
+(sex, age, weight, smoking, pack-years, TNM as the collections write them); imputation,
+scaling and encoding are fit on a fold's training patients only, inside :class:`ClinicalModel`.
 
 >>> import pandas as pd
 >>> sheet = pd.DataFrame({"patient_id": list("abcd"), "label": ["ADC", "SQC"] * 2,
@@ -16,55 +16,88 @@ The sheet's values arrive as text (``read_sample_sheet`` reads everything as tex
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.util import Surv
 
-NUMERIC_COLUMNS = ("age", "weight_kg", "pack_years")
-CATEGORICAL_COLUMNS = ("sex", "smoking", "t_stage", "n_stage", "m_stage")
+from lungfusion.clinical import fit_preprocessor, parse_clinical_table, transform_features
+
+TASKS = ("classification", "survival")
 
 
 def clinical_features(sheet: pd.DataFrame) -> pd.DataFrame:
-    """The clinical columns present in ``sheet``, numbers as floats, categories as text."""
-    features = pd.DataFrame(index=sheet.index)
-    for column in NUMERIC_COLUMNS:
-        if column in sheet.columns:
-            features[column] = pd.to_numeric(sheet[column], errors="coerce")
-    for column in CATEGORICAL_COLUMNS:
-        if column in sheet.columns:
-            text = sheet[column].astype("string").str.strip().str.upper()
-            features[column] = text.where(text.notna() & (text != ""), None).astype(object)
-    return features
+    """The parsed clinical features of ``sheet`` (see :func:`lungfusion.clinical.parse_clinical_table`)."""
+    return parse_clinical_table(sheet)
 
 
-def _pipeline(features: pd.DataFrame, estimator) -> Pipeline:
-    numeric = [c for c in NUMERIC_COLUMNS if c in features and features[c].notna().any()]
-    categorical = [c for c in CATEGORICAL_COLUMNS if c in features and features[c].notna().any()]
-    if not numeric and not categorical:
-        raise ValueError("no clinical column has a value among the training patients")
-    transformers = []
-    if numeric:
-        transformers.append(
-            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric)
-        )
-    if categorical:
-        transformers.append(
-            (
-                "categorical",
-                make_pipeline(
-                    SimpleImputer(strategy="most_frequent"),
-                    OneHotEncoder(handle_unknown="ignore", sparse_output=False),
-                ),
-                categorical,
-            )
-        )
-    return Pipeline([("columns", ColumnTransformer(transformers)), ("model", estimator)])
+@dataclass
+class ClinicalModel:
+    """A fitted preprocessing (``ColumnTransformer``) and estimator; scores raw sheet rows."""
+
+    task: str
+    classes: list[str] | None
+    preprocessor: ColumnTransformer
+    estimator: object
+
+    def features(self, sheet: pd.DataFrame) -> pd.DataFrame:
+        return transform_features(self.preprocessor, parse_clinical_table(sheet))
+
+    def score(self, sheet: pd.DataFrame) -> dict[str, np.ndarray]:
+        """``{"prob_<class>": ...}`` (classification) or ``{"risk": ...}`` (survival)."""
+        x = self.features(sheet)
+        if self.task == "survival":
+            return {"risk": np.asarray(self.estimator.predict(x), dtype=float)}
+        probs = np.zeros((len(x), len(self.classes)))
+        probs[:, self.estimator.classes_] = self.estimator.predict_proba(x)
+        return {f"prob_{c}": probs[:, i] for i, c in enumerate(self.classes)}
+
+
+def fit_clinical_model(
+    sheet: pd.DataFrame,
+    *,
+    fit_ids: Sequence[str],
+    task: str,
+    classes: Sequence[str] | None = None,
+    C: float = 1.0,
+    alpha: float = 1.0,
+    columns: Sequence[str] | None = None,
+) -> ClinicalModel:
+    """Fit on the ``fit_ids`` patients; those without a usable target are not fit on."""
+    if task not in TASKS:
+        raise ValueError(f"task must be classification or survival, got {task!r}")
+    table = sheet.set_index(sheet["patient_id"].astype(str), drop=False)
+    fit = table.loc[[str(p) for p in fit_ids]]
+    if task == "classification":
+        if classes is None:
+            raise ValueError("classes are needed for a classification clinical model")
+        known = fit["label"].isin(classes).to_numpy()
+        target = fit["label"][known].map({c: i for i, c in enumerate(classes)}).to_numpy(int)
+        if len(np.unique(target)) < 2:
+            raise ValueError("the clinical model needs both classes among its training patients")
+        estimator = LogisticRegression(C=C, solver="newton-cg", max_iter=1000)
+    else:
+        days = pd.to_numeric(fit["survival_days"], errors="coerce")
+        event = pd.to_numeric(fit["event"], errors="coerce")
+        known = (days.notna() & event.notna()).to_numpy()
+        if not (event[known] > 0).any():
+            raise ValueError("the clinical Cox model needs at least one event to fit")
+        target = Surv.from_arrays(event=event[known] > 0, time=days[known].astype(float))
+        estimator = CoxPHSurvivalAnalysis(alpha=alpha)
+    parsed = parse_clinical_table(fit[known])
+    preprocessor = fit_preprocessor(parsed, columns=columns)
+    estimator.fit(transform_features(preprocessor, parsed), target)
+    return ClinicalModel(
+        task=task,
+        classes=None if classes is None else list(classes),
+        preprocessor=preprocessor,
+        estimator=estimator,
+    )
 
 
 def fit_predict_clinical(
@@ -76,38 +109,16 @@ def fit_predict_clinical(
     classes: list[str] | None = None,
     C: float = 1.0,
     alpha: float = 1.0,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Fit on ``fit_ids`` and score ``score_ids``.
 
     Returns ``patient_id`` and ``prob_<class>`` columns (classification, ``classes`` in order)
     or ``risk`` (survival, higher = worse). Patients without a usable target are not fit on.
     """
-    table = sheet.set_index(sheet["patient_id"].astype(str))
-    fit = table.loc[[str(p) for p in fit_ids]]
+    model = fit_clinical_model(
+        sheet, fit_ids=fit_ids, task=task, classes=classes, C=C, alpha=alpha, columns=columns
+    )
+    table = sheet.set_index(sheet["patient_id"].astype(str), drop=False)
     score = table.loc[[str(p) for p in score_ids]]
-    fit_x = clinical_features(fit)
-    if task == "classification":
-        if classes is None:
-            raise ValueError("classes are needed for a classification clinical model")
-        known = fit["label"].isin(classes).to_numpy()
-        target = fit["label"][known].map({c: i for i, c in enumerate(classes)}).to_numpy(int)
-        if len(np.unique(target)) < 2:
-            raise ValueError("the clinical model needs both classes among its training patients")
-        model = _pipeline(fit_x[known], LogisticRegression(C=C, solver="newton-cg", max_iter=1000))
-        model.fit(fit_x[known], target)
-        probs = np.zeros((len(score), len(classes)))
-        probs[:, model.classes_] = model.predict_proba(clinical_features(score))
-        columns = {f"prob_{c}": probs[:, i] for i, c in enumerate(classes)}
-    elif task == "survival":
-        days = pd.to_numeric(fit["survival_days"], errors="coerce")
-        event = pd.to_numeric(fit["event"], errors="coerce")
-        known = (days.notna() & event.notna()).to_numpy()
-        if not (event[known] > 0).any():
-            raise ValueError("the clinical Cox model needs at least one event to fit")
-        outcome = Surv.from_arrays(event=event[known] > 0, time=days[known].astype(float))
-        model = _pipeline(fit_x[known], CoxPHSurvivalAnalysis(alpha=alpha))
-        model.fit(fit_x[known], outcome)
-        columns = {"risk": model.predict(clinical_features(score))}
-    else:
-        raise ValueError(f"task must be classification or survival, got {task!r}")
-    return pd.DataFrame({"patient_id": score.index.to_list(), **columns})
+    return pd.DataFrame({"patient_id": score.index.to_list(), **model.score(score)})

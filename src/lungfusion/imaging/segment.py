@@ -4,7 +4,8 @@ Classical pipeline on a CT in HU (any voxel spacing; sizes are given in mm):
 
 1. threshold below ``threshold_hu`` (air and lung parenchyma);
 2. drop the air outside the body: per axial slice, air connected to the slice border;
-3. keep the large 3D components (26-connectivity: 6-connectivity cuts lung apices off);
+3. keep the large 3D components (26-connectivity: 6-connectivity cuts lung apices off), and
+   pieces of lung that a large tumour cuts off (bowel and stomach gas are much smaller);
 4. remove the airways by region growing from the trachea with an adaptive threshold that
    stops before the growth leaks into the parenchyma;
 5. split left and right (the two large components; eroded apart if they touch) and label
@@ -42,12 +43,14 @@ _IN_PLANE[1] = ndi.generate_binary_structure(2, 1)
 _FULL_26 = np.ones((3, 3, 3), dtype=bool)
 
 _MIN_LUNG_ML = 10.0  # a lung smaller than this is reported as missing
-_MIN_SECOND_LUNG_FRACTION = 0.2  # a separate air body smaller than this: not a lung
+_MIN_PIECE_FRACTION = 0.02  # air bodies this fraction of the largest are lung (LUNG1-001's
+# stomach and colon gas: 0.4% and less; lung cut off by a synthetic tumour: 5-10%)
 _TOUCHING_FRACTION = 0.1  # after airway removal, a second part smaller than this: lungs touch
 _TRACHEA_AREA_MM2 = (10.0, 1200.0)  # cross-section of the trachea at the top of the scan
-_AIRWAY_MAX_ML = 250.0
+_AIRWAY_MAX_ML = 250.0  # airway tree grown beyond this has leaked into the lungs
+_AIRWAY_MAX_FRACTION = 0.05  # ... or beyond this fraction of the air inside the body
 _MAX_HOLE_MM2 = 150.0  # per-slice holes up to this area are vessels; larger ones tumours
-_COARSE_MM = 4.0  # grid of the large closing in tumour_inclusive_region  # airway tree grown beyond this has leaked into the lungs
+_COARSE_MM = 4.0  # grid of the large closing in tumour_inclusive_region
 
 
 def segment_lungs(
@@ -69,18 +72,16 @@ def segment_lungs(
     bbox = _bounding_box(inside, pad=2)
     if bbox is None:
         raise ValueError("no air-filled region inside the body: is this a chest CT in HU?")
-    candidates = _largest_components(inside[bbox], voxel_ml, info)
+    candidates = _large_components(inside[bbox], info)
     superior_last = ct.GetDirection()[8] >= 0  # is the top of the patient at the last slice?
     airways, info["airway_threshold_hu"] = _airways(
         np.asarray(hu[bbox]), candidates, spacing, voxel_ml, superior_last, info["warnings"]
     )
     info["airway_ml"] = round(float(airways.sum()) * voxel_ml, 1)
     lungs_mask = candidates & ~_dilate_small(airways)
-    right, left = _split_left_right(lungs_mask, ct, bbox, voxel_ml, info)
-    radius = _radius_voxels(closing_mm, spacing)
-    pixel_mm2 = float(spacing[1] * spacing[2])
-    right = _smooth(right, radius, pixel_mm2)
-    left = _smooth(left, radius, pixel_mm2) & ~right
+    right, left = _split_left_right(lungs_mask, ct, bbox, info)
+    right = _smooth(right, closing_mm, spacing)
+    left = _smooth(left, closing_mm, spacing) & ~right
 
     labels = np.zeros(hu.shape, dtype=np.uint8)
     labels[bbox][right] = RIGHT_LUNG
@@ -122,7 +123,7 @@ def tumour_inclusive_region(ct: sitk.Image, lungs: sitk.Image, *, margin_mm: flo
             filled = _closing_within(coarse, 1.5 * margin_mm, margin_mm, spacing * factors)
             added |= _upsample(filled & ~coarse, factors, added.shape)
     region[box] |= added
-    region[box] = ndi.binary_fill_holes(region[box], _IN_PLANE)
+    region[box] = _fill_holes(region[box])
     return _like(region.astype(np.uint8), ct)
 
 
@@ -247,29 +248,21 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def _inside_body(air: np.ndarray) -> np.ndarray:
     """Air not connected, within its axial slice, to the slice border."""
-    labels, _ = ndi.label(air, _IN_PLANE)
-    border = np.concatenate(
-        [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel()]
-        + [labels[:, :, -1].ravel()]
-    )
-    outside = np.zeros(labels.max() + 1, dtype=bool)
-    outside[np.unique(border)] = True
-    outside[0] = True
-    return ~outside[labels]
+    labels, enclosed = _enclosed_in_slices(air)
+    return enclosed[labels]
 
 
-def _largest_components(mask: np.ndarray, voxel_ml: float, info: dict) -> np.ndarray:
-    """The largest 26-connected component, and the second one when it is lung-sized."""
+def _large_components(mask: np.ndarray, info: dict) -> np.ndarray:
+    """The 26-connected components of at least ``_MIN_PIECE_FRACTION`` of the largest."""
     labels, count = ndi.label(mask, _FULL_26)
     if count == 0:
         raise ValueError("no air-filled region inside the body: is this a chest CT in HU?")
-    sizes = np.bincount(labels.ravel())[1:]
-    order = np.argsort(sizes)[::-1]
-    keep = [order[0] + 1]
-    if count > 1 and sizes[order[1]] >= _MIN_SECOND_LUNG_FRACTION * sizes[order[0]]:
-        keep.append(order[1] + 1)
-    info["air_components_kept"] = len(keep)
-    return np.isin(labels, keep)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    keep = sizes >= _MIN_PIECE_FRACTION * sizes.max()
+    keep[0] = False
+    info["air_components_kept"] = int(keep.sum())
+    return keep[labels]
 
 
 def _airways(
@@ -289,6 +282,7 @@ def _airways(
     masked = sitk.GetImageFromArray(np.where(mask, hu, 0).astype(np.int16))
     seed_xyz = [int(i) for i in seed[::-1]]
     best, best_threshold = np.zeros_like(mask), None
+    max_voxels = min(_AIRWAY_MAX_ML / voxel_ml, _AIRWAY_MAX_FRACTION * float(mask.sum()))
     for threshold in (-980, -960, -940, -920, -900, -880, -860):
         if hu[seed] >= threshold:
             continue
@@ -296,7 +290,7 @@ def _airways(
             masked, seedList=[seed_xyz], lower=-32768, upper=threshold - 1, replaceValue=1
         )
         grown = sitk.GetArrayViewFromImage(grown_image).astype(bool)
-        if float(grown.sum()) * voxel_ml > _AIRWAY_MAX_ML or (
+        if grown.sum() > max_voxels or (
             best.any() and grown.sum() > 2.5 * best.sum() and best.sum() * voxel_ml > 20
         ):
             break
@@ -342,20 +336,39 @@ def _dilate_small(mask: np.ndarray) -> np.ndarray:
 
 
 def _split_left_right(
-    mask: np.ndarray, ct: sitk.Image, bbox: tuple[slice, ...], voxel_ml: float, info: dict
+    mask: np.ndarray, ct: sitk.Image, bbox: tuple[slice, ...], info: dict
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Two lung masks (right, left) from the air mask with the airways removed."""
+    """Two lung masks (right, left) from the air mask with the airways removed.
+
+    The two largest components are the lungs (or the largest, split, when the lungs touch);
+    further lung-sized pieces (cut off by a tumour) join the lung nearer along x."""
     labels, count = ndi.label(mask, _FULL_26)
-    sizes = np.bincount(labels.ravel())[1:] if count else np.array([0])
+    sizes = np.bincount(labels.ravel(), minlength=3)
+    sizes[0] = 0
     order = np.argsort(sizes)[::-1]
     info["lungs_touching"] = bool(
         count < 2 or sizes[order[1]] < _TOUCHING_FRACTION * sizes[order[0]]
     )
     if not info["lungs_touching"]:
-        first, second = labels == order[0] + 1, labels == order[1] + 1
+        first, second = labels == order[0], labels == order[1]
+        pieces = order[2:]
     else:
-        first, second = _separate_touching(labels == order[0] + 1)
-    if _physical_x(first, ct, bbox) > _physical_x(second, ct, bbox):
+        first, second = _separate_touching(labels == order[0])
+        pieces = order[1:]
+    first_x, second_x = _physical_x(first, ct, bbox), _physical_x(second, ct, bbox)
+    pieces = pieces[sizes[pieces] >= _MIN_PIECE_FRACTION * sizes[order[0]]]
+    boxes = ndi.find_objects(labels) if pieces.size else []
+    for label in pieces:
+        box = boxes[label - 1]
+        piece = np.zeros_like(mask)
+        piece[box] = labels[box] == label
+        x = _physical_x(piece, ct, bbox)
+        if abs(x - first_x) <= abs(x - second_x):
+            first |= piece
+        else:
+            second |= piece
+    info["lung_pieces_added"] = int(pieces.size)
+    if first_x > second_x:
         first, second = second, first  # LPS: larger x is the patient's left
     return first, second
 
@@ -379,44 +392,65 @@ def _separate_touching(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _physical_x(mask: np.ndarray, ct: sitk.Image, bbox: tuple[slice, ...]) -> float:
-    if not mask.any():
+    """Physical x of the mask's centroid (from its projections: cheaper than center_of_mass)."""
+    total = float(np.count_nonzero(mask))
+    if total == 0:
         return np.inf
-    z, y, x = ndi.center_of_mass(mask)
-    index = (x + bbox[2].start, y + bbox[1].start, z + bbox[0].start)
+    index = []
+    for axis in (2, 1, 0):  # x, y, z
+        other = tuple(a for a in range(3) if a != axis)
+        profile = np.count_nonzero(mask, axis=other)
+        index.append(float(profile @ np.arange(profile.size)) / total + bbox[axis].start)
     return ct.TransformContinuousIndexToPhysicalPoint(index)[0]
 
 
-def _smooth(mask: np.ndarray, radius: np.ndarray, pixel_mm2: float) -> np.ndarray:
-    """Closing with an ellipsoid of ``radius`` voxels, then per-slice filling of small holes."""
-    box = _bounding_box(mask, pad=int(radius.max()) + 1)
+def _smooth(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Closing with a ball of ``radius_mm``, then per-slice filling of small holes."""
+    ball = _ball(radius_mm, spacing)
+    box = _bounding_box(mask, pad=max(ball.shape) // 2 + 1)
     if box is None:
         return mask
     smooth = np.zeros_like(mask)
     part = mask[box]
-    if radius.any():
-        part = _closing(part, radius)
-    smooth[box] = _fill_small_holes(part, _MAX_HOLE_MM2 / float(pixel_mm2))
+    if ball.size > 1:
+        # border_value=1: the scan's edge does not erode the lung
+        part = ndi.binary_erosion(ndi.binary_dilation(part, ball), ball, border_value=1)
+    max_hole_voxels = _MAX_HOLE_MM2 / float(spacing[1] * spacing[2])
+    smooth[box] = _fill_small_holes(part, max_hole_voxels)
     return smooth
 
 
 def _fill_small_holes(mask: np.ndarray, max_voxels: float) -> np.ndarray:
     """Per-slice hole filling, but only holes up to a vessel's size: a tumour inside the
     lung is not lung (the clinicians' contours and the synthetic truth leave it out)."""
-    holes = ndi.binary_fill_holes(mask, _IN_PLANE) & ~mask
-    labels, count = ndi.label(holes, _IN_PLANE)
-    if count == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    small = sizes <= max_voxels
-    small[0] = False
+    labels, enclosed = _enclosed_in_slices(~mask)
+    small = enclosed & (np.bincount(labels.ravel(), minlength=enclosed.size) <= max_voxels)
     return mask | small[labels]
 
 
-def _closing(mask: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    kernel_radius = [int(r) for r in radius[::-1]]  # SimpleITK wants x, y, z
-    closed = sitk.BinaryMorphologicalClosing(image, kernel_radius, sitk.sitkBall, 1, True)
-    return sitk.GetArrayViewFromImage(closed).astype(bool)
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Per-slice hole filling (labels the background once: faster than binary_fill_holes)."""
+    labels, enclosed = _enclosed_in_slices(~mask)
+    return mask | enclosed[labels]
+
+
+def _enclosed_in_slices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """In-plane components of ``mask`` (4-connected) and, per label, whether it stays clear
+    of its slice's border."""
+    labels, count = ndi.label(mask, _IN_PLANE)
+    enclosed = np.ones(count + 1, dtype=bool)
+    enclosed[0] = False
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        enclosed[edge] = False
+    return labels, enclosed
+
+
+def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Voxels within ``radius_mm`` of the centre (a single voxel below one voxel's size)."""
+    reach = np.floor(radius_mm / spacing).astype(int)
+    grid = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
+    squared = sum((g * s) ** 2 for g, s in zip(grid, spacing, strict=True))
+    return squared <= radius_mm**2 + 1e-6
 
 
 def _closing_within(
@@ -470,10 +504,6 @@ def _aligned_box(mask: np.ndarray, *, pad: np.ndarray, factors: np.ndarray) -> t
         start = max(0, hits[0] - pad[axis]) // factors[axis] * factors[axis]
         box.append(slice(int(start), int(min(mask.shape[axis], hits[-1] + pad[axis] + 1))))
     return tuple(box)
-
-
-def _radius_voxels(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    return np.floor(radius_mm / spacing + 0.5).astype(int)
 
 
 def _like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:

@@ -22,7 +22,10 @@ to place annotation boxes keyed by SOPInstanceUID.
 from __future__ import annotations
 
 import logging
+import os
+import struct
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +45,10 @@ log = logging.getLogger(__name__)
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines that differ less are the same orientation
 TILT_TOLERANCE_DEG = 0.05  # slice stacking further off the normal than this is gantry tilt
 DUPLICATE_POSITION_MM = 1e-3
+PIXEL_DATA_TAG = (0x7FE0, 0x0010)
+# Pixel bytes are read in threads while the main thread parses the next headers: file reads and
+# numpy release the GIL, header parsing does not.
+READER_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -58,6 +65,7 @@ class Slice:
     slope: float
     intercept: float
     pixels: np.ndarray = field(repr=False)
+    value_range: tuple[int, int] | None = None  # stored min and max, when already known
 
 
 @dataclass
@@ -108,9 +116,6 @@ def _decode(ds: Dataset, file: str, where: _Where) -> np.ndarray:
             file=file,
             tag="SamplesPerPixel",
         )
-    fast = _native_pixels(ds)
-    if fast is not None:
-        return fast
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # truncated data, unsupported codec: name the file
@@ -122,34 +127,100 @@ def _decode(ds: Dataset, file: str, where: _Where) -> np.ndarray:
     return pixels
 
 
-def _native_pixels(ds: Dataset) -> np.ndarray | None:
-    """Uncompressed little-endian single-frame pixels straight from the buffer (the common
-    case, several times faster than the generic decoder); None when the decoder is needed."""
-    syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
+def _native_layout(ds: Dataset) -> tuple[np.dtype, int] | None:
+    """(dtype, BitsStored) of uncompressed little-endian single-frame MONOCHROME2 pixels, the
+    common case that needs no decoder; None when pydicom's decoder is needed."""
+    syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
     if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
         return None
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1 or "PerFrameFunctionalGroupsSequence" in ds:
+        return None
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        return None
+    if str(ds.get("PhotometricInterpretation", "")).strip() != "MONOCHROME2":
+        return None  # MONOCHROME1 is inverted by _decode
     bits, stored = int(ds.get("BitsAllocated", 0)), int(ds.get("BitsStored", 0))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if int(ds.get("NumberOfFrames", 1) or 1) != 1 or bits not in (8, 16, 32):
+    if bits not in (8, 16, 32) or (signed and stored != bits):
+        return None  # sign extension: leave it to pydicom
+    if "Rows" not in ds or "Columns" not in ds:
         return None
-    if signed and stored != bits:
-        return None  # needs sign extension: leave it to pydicom
-    dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<")
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    if len(ds.PixelData) < rows * columns * dtype.itemsize:
-        return None  # truncated: the decoder gives the clear error
-    pixels = np.frombuffer(ds.PixelData, dtype=dtype, count=rows * columns).reshape(rows, columns)
-    if not signed and stored < bits:
-        pixels = pixels & np.array((1 << stored) - 1, dtype=dtype)  # drop overlay bits
-    return pixels
+    return np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<"), stored
+
+
+def _pixel_value_offset(fp, ds: Dataset, nbytes: int) -> int | None:
+    """Byte offset of the PixelData value when ``fp`` stands at its element (where
+    ``stop_before_pixels`` leaves it) and the file holds all ``nbytes``; else None."""
+    start = fp.tell()
+    header = fp.read(12)
+    if len(header) < 8 or struct.unpack("<HH", header[:4]) != PIXEL_DATA_TAG:
+        return None
+    if ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian:
+        length, value_offset = struct.unpack("<I", header[4:8])[0], start + 8
+    elif len(header) == 12 and header[4:6] in (b"OB", b"OW"):
+        length, value_offset = struct.unpack("<I", header[8:12])[0], start + 12
+    else:
+        return None
+    if length == 0xFFFFFFFF or length < nbytes:
+        return None  # encapsulated or truncated: the decoder handles or names it
+    if os.fstat(fp.fileno()).st_size < value_offset + nbytes:
+        return None
+    return value_offset
+
+
+def _read_native(path: str, offset: int, dtype: np.dtype, shape, stored: int):
+    """Pixels and their (min, max), computed here in the reader thread."""
+    pixels = np.empty(shape, dtype=dtype)
+    with open(path, "rb") as fp:
+        fp.seek(offset)
+        if fp.readinto(memoryview(pixels).cast("B")) != pixels.nbytes:
+            raise EOFError("pixel data ends early")
+    if dtype.kind == "u" and stored < dtype.itemsize * 8:
+        pixels &= np.array((1 << stored) - 1, dtype=dtype)  # drop overlay bits
+    return pixels, (int(pixels.min()), int(pixels.max()))
+
+
+def _read_header(path: str, where: _Where) -> tuple[Dataset, Future | None]:
+    """The header up to the pixel data and, for native pixels, their read started in a thread
+    (None when the file needs the full read and decoder)."""
+    try:
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            layout = _native_layout(ds)
+            if layout is None:
+                return ds, None
+            dtype, stored = layout
+            shape = (int(ds.Rows), int(ds.Columns))
+            offset = _pixel_value_offset(fp, ds, shape[0] * shape[1] * dtype.itemsize)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        raise where.error(f"cannot read DICOM file ({exc})", file=path) from exc
+    if offset is None:
+        return ds, None
+    return ds, _reader().submit(_read_native, path, offset, dtype, shape, stored)
+
+
+_READER: ThreadPoolExecutor | None = None
+
+
+def _reader() -> ThreadPoolExecutor:
+    global _READER  # noqa: PLW0603 - one pool per process, started on first use
+    if _READER is None:
+        _READER = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="dicom-pixels")
+    return _READER
 
 
 def _file_slices(path: str, where: _Where) -> tuple[list[Slice], Dataset]:
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise where.error(f"cannot read DICOM file ({exc})", file=path) from exc
-    pixels = _decode(ds, path, where)
+    """The file's slices (``pixels`` may still be a Future of a thread's read) and header."""
+    ds, native = _read_header(path, where)
+    if native is not None:
+        pixels = native
+    else:
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            raise where.error(f"cannot read DICOM file ({exc})", file=path) from exc
+        pixels = _decode(ds, path, where)
+        del ds.PixelData  # decoded already; keep only the header
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     sop_uid = str(ds.get("SOPInstanceUID", ""))
     slices = []
@@ -172,7 +243,7 @@ def _file_slices(path: str, where: _Where) -> tuple[list[Slice], Dataset]:
                 pixel_spacing=(float(spacing[0]), float(spacing[1])),
                 slope=float(ds.get("RescaleSlope", 1) or 1),
                 intercept=float(ds.get("RescaleIntercept", 0) or 0),
-                pixels=pixels.reshape(pixels.shape[-2:]),
+                pixels=pixels if native is not None else pixels.reshape(pixels.shape[-2:]),
             )
         )
         return slices, ds
@@ -219,7 +290,7 @@ def _file_slices(path: str, where: _Where) -> tuple[list[Slice], Dataset]:
 def load_slices(
     files: Sequence[str | Path], *, patient: str | None = None, series: str | None = None
 ) -> tuple[list[Slice], list[Dataset]]:
-    """Read every file fully; return its slices and its datasets (pixel data dropped)."""
+    """Read every file; return its slices and its datasets (without pixel data)."""
     where = _Where(patient, series)
     if not files:
         raise where.error("series has no files")
@@ -227,10 +298,21 @@ def load_slices(
     datasets: list[Dataset] = []
     for path in files:
         file_slices, ds = _file_slices(str(path), where)
-        del ds.PixelData  # decoded already; keep only the header
         slices.extend(file_slices)
         datasets.append(ds)
+    for s in slices:
+        if isinstance(s.pixels, Future):
+            s.pixels, s.value_range = _pixels_read(s.pixels, s.file, where)
     return slices, datasets
+
+
+def _pixels_read(future: Future, file: str, where: _Where):
+    try:
+        return future.result()
+    except (OSError, EOFError) as exc:  # changed or vanished since its header was read
+        raise where.error(
+            f"cannot read pixel data ({exc})", file=file, tag="PixelData (7FE0,0010)"
+        ) from exc
 
 
 # ---------------------------------------------------------------- geometry
@@ -296,7 +378,8 @@ def _integer_rescale_fits_int16(slices: list[Slice]) -> bool:
             or s.intercept != int(s.intercept)
         ):
             return False
-        ends = np.array([s.pixels.min(), s.pixels.max()], dtype=np.int64) * int(s.slope)
+        low, high = s.value_range or (s.pixels.min(), s.pixels.max())
+        ends = np.array([low, high], dtype=np.int64) * int(s.slope)
         ends += int(s.intercept)
         if ends.min() < -32768 or ends.max() > 32767:
             return False
@@ -308,7 +391,12 @@ def _stack(slices: list[Slice]) -> np.ndarray:
     if _integer_rescale_fits_int16(slices):
         volume = np.empty((len(slices), *slices[0].pixels.shape), dtype=np.int16)
         for index, s in enumerate(slices):
-            if s.slope == 1:
+            if s.slope == 1 and s.pixels.dtype.itemsize == 2:
+                # 16-bit wrap-around addition: exact, since the result is known to fit int16,
+                # and several times faster than going through int32.
+                shift = np.array(int(s.intercept)).astype(np.int16)
+                np.add(s.pixels.view(np.int16), shift, out=volume[index])
+            elif s.slope == 1:
                 np.add(s.pixels, np.int32(s.intercept), out=volume[index], casting="unsafe")
             else:
                 volume[index] = s.pixels.astype(np.int32) * int(s.slope) + int(s.intercept)

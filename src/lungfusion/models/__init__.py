@@ -5,8 +5,10 @@ Models know torch and MONAI only. ``build_model(name, n_classes=..., in_shape=..
 (B,), and returns (B, n_classes) logits, or a (B, 1) risk when built with ``n_classes=1``.
 """
 
-from . import baselines, fusion, mmtm  # noqa: F401  (importing registers the models)
+from . import baselines, fusion, kan, mmcaf, mmtm  # noqa: F401  (importing registers them)
 from .fusion import MULTISTAGE_BLOCKS_PER_STAGE, MULTISTAGE_WIDTHS, FusionBlock
+from .kan import KAN, ClinicalNet, KANLinear
+from .mmcaf import MMCAFNet
 from .mmtm import MMTM, MMTM_POSITIONS, MMTMNet, warm_start
 from .registry import (
     MODEL_ALIASES,
@@ -20,6 +22,10 @@ from .registry import (
 MODEL_NAMES = model_names()
 
 __all__ = [
+    "KAN",
+    "ClinicalNet",
+    "KANLinear",
+    "MMCAFNet",
     "MMTM",
     "MMTM_POSITIONS",
     "MODEL_ALIASES",

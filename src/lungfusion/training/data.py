@@ -24,9 +24,9 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
+from lungfusion.clinical import clinical_tabular_features
+
 IMAGE_KEYS = ("ct", "pet")
-NUMERIC_CLINICAL = ("age", "weight_kg", "pack_years")
-CATEGORICAL_CLINICAL = ("sex", "smoking", "t_stage", "n_stage", "m_stage")
 
 
 class LoadRoid(MapTransform):
@@ -116,43 +116,17 @@ def make_records(
 
 
 def tabular_features(
-    sheet: pd.DataFrame,
-    *,
-    fit_ids: Sequence[str],
-    numeric: Sequence[str] = NUMERIC_CLINICAL,
-    categorical: Sequence[str] = CATEGORICAL_CLINICAL,
+    sheet: pd.DataFrame, *, fit_ids: Sequence[str], columns: Sequence[str] | None = None
 ) -> pd.DataFrame:
-    """Clinical columns as model input, indexed by patient_id.
+    """Clinical columns as model input (float32), indexed by patient_id.
 
-    Numeric columns are z-scored and categorical ones one-hot encoded, with statistics and
-    categories from the ``fit_ids`` patients only (the fold's training set, so nothing leaks
-    from validation or test); missing values become the training mean (0 after scaling) and an
-    all-zero one-hot row. Columns absent from the sheet are skipped.
+    The sheet's values are parsed (``lungfusion.clinical``: sex, age, weight, smoking,
+    pack-years, TNM as the collections write them), then imputed and scaled with statistics from
+    the ``fit_ids`` patients only (the fold's training set, so nothing leaks from validation or
+    test). ``columns`` picks parsed features (default: all but histology).
     """
-    sheet = sheet.assign(patient_id=sheet.patient_id.astype(str)).set_index("patient_id")
-    fit = sheet.loc[list(fit_ids)]
-    parts = []
-    for column in numeric:
-        if column not in sheet.columns:
-            continue
-        values = pd.to_numeric(sheet[column], errors="coerce")
-        fit_values = pd.to_numeric(fit[column], errors="coerce")
-        mean = fit_values.mean()
-        std = fit_values.std()
-        std = std if std and np.isfinite(std) else 1.0
-        parts.append(((values - mean) / std).fillna(0.0).rename(column))
-    for column in categorical:
-        if column not in sheet.columns:
-            continue
-        for category in sorted(fit[column].dropna().astype(str).unique()):
-            parts.append(
-                (sheet[column].astype(str) == category).astype(float).rename(f"{column}={category}")
-            )
-    if not parts:
-        raise ValueError(
-            f"no clinical columns found in the sample sheet (looked for {list(numeric) + list(categorical)})"
-        )
-    return pd.concat(parts, axis=1).astype(np.float32)
+    features, _ = clinical_tabular_features(sheet, fit_ids=fit_ids, columns=columns)
+    return features
 
 
 def roi_shape(record: dict) -> tuple[int, int, int]:

@@ -46,6 +46,7 @@ OPTIMIZERS = ("adam", "sgd")
 IMBALANCE = ("class_weight", "oversample", "none")
 SELECTION = ("gmean", "loss", "auc")
 TASKS = ("classification", "survival")
+LOSSES = ("cross_entropy", "focal")  # classification; survival always uses the Cox loss
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class TrainSettings:
     sgd_momentum: float = 0.9
     optimizer: str = "adam"
     imbalance: str = "class_weight"
+    loss: str = "cross_entropy"
+    focal_gamma: float = 2.0
     selection_metric: str = "gmean"
     early_stopping_patience: int = 10
     augment: dict = field(
@@ -76,6 +79,9 @@ class TrainSettings:
         _check_choice("task", self.task, TASKS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("imbalance", self.imbalance, IMBALANCE)
+        _check_choice("loss", self.loss, LOSSES)
+        if self.focal_gamma < 0:
+            raise ValueError(f"focal_gamma must not be negative, got {self.focal_gamma}")
         _check_choice("selection_metric", self.selection_metric, SELECTION)
         for name in ("epochs", "batch_size", "lr_step_epochs", "early_stopping_patience"):
             if int(getattr(self, name)) < 1:
@@ -139,6 +145,17 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> tor
     if events.sum() == 0:
         return risk.sum() * 0.0  # no event in the batch: no information, keep the graph
     return -((risk - log_risk_set) * events).sum() / events.sum()
+
+
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, gamma: float, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)^gamma, averaged with
+    the class weights as ``F.cross_entropy`` averages; gamma = 0 gives the cross-entropy."""
+    log_p = F.log_softmax(logits.float(), dim=1).gather(1, target.view(-1, 1)).view(-1)
+    w = torch.ones_like(log_p) if weight is None else weight.to(log_p)[target]
+    focus = (1.0 - log_p.exp()).clamp(min=0.0) ** gamma
+    return -(w * focus * log_p).sum() / w.sum()
 
 
 def class_weights(labels: Sequence[int], n_classes: int) -> torch.Tensor:
@@ -262,6 +279,11 @@ class Trainer:
         if self.settings.task == "survival":
             return cox_loss(outputs, batch["time"].to(self.device), batch["event"].to(self.device))
         weight = None if self.weights is None else self.weights.to(self.device)
+        if self.settings.loss == "focal":
+            return focal_loss(
+                outputs, batch["label"].to(self.device), gamma=self.settings.focal_gamma,
+                weight=weight,
+            )  # fmt: skip
         return F.cross_entropy(outputs, batch["label"].to(self.device), weight=weight)
 
     @torch.no_grad()

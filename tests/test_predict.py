@@ -1,0 +1,113 @@
+"""``lungfusion predict`` on a synthetic patient with checkpoints in the training engine's format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lungfusion.cli import main  # noqa: E402
+from lungfusion.commands.predict import find_checkpoints, load_checkpoint, parse_clinical  # noqa: E402
+from lungfusion.models import build_model  # noqa: E402
+
+ROI_SHAPE_XYZ = [32, 32, 16]
+IN_SHAPE = (16, 32, 32)  # z, y, x
+CLASSES = ["ADC", "SQC"]
+
+
+def _save_checkpoint(path: Path, name: str, seed: int) -> None:
+    """A best-model checkpoint exactly as training.engine.Trainer._save_best writes it."""
+    torch.manual_seed(seed)
+    build = {"n_classes": 2, "in_shape": list(IN_SHAPE), "widths": [4, 8], "blocks_per_stage": 1,
+             "n_tabular": 0}  # fmt: skip
+    model = build_model(name, **build)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "epoch": 1, "selection_metric": "gmean", "score": [0.5, -0.7], "val_loss": 0.7,
+            "config_hash": "test", "task": "classification", "classes": CLASSES,
+            "model": {"name": name, "build": build, "tabular_columns": []},
+        },
+        path,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> dict:
+    from lungfusion.synth import generate_cohort
+
+    root = tmp_path_factory.mktemp("predict")
+    cohorts = {}
+    for name, without_pet in (("pet", 0.0), ("nopet", 1.0)):
+        generate_cohort(root / name, preset="tiny", n_patients=1, seed=5,
+                        class_prior={"ADC": 0.5, "SQC": 0.5}, fraction_without_pet=without_pet)  # fmt: skip
+        cohorts[name] = next((root / name / "dicom").iterdir())
+    models_dir = root / "results" / "train"
+    for name in ("ct", "early"):
+        for fold in (0, 1):
+            _save_checkpoint(models_dir / name / f"fold{fold}" / "model.pt", name, seed=fold)
+    return {"root": root, "models_dir": models_dir, **cohorts}
+
+
+def _params() -> str:
+    return json.dumps(
+        {"task": "classification", "cohort": {"classes": CLASSES},
+         "register": {"max_iterations": 10, "shrink_factors": [2, 1], "smoothing_sigmas_mm": [1.0, 0.0]},
+         "roi": {"shape": ROI_SHAPE_XYZ}}
+    )  # fmt: skip
+
+
+def test_checkpoint_round_trip(synthetic):
+    found = find_checkpoints(synthetic["models_dir"])
+    assert sorted(found) == ["ct", "early"] and len(found["ct"]) == 2
+    model, payload = load_checkpoint(found["ct"][0])
+    assert payload["classes"] == CLASSES and not model.training
+    batch = {"ct": torch.zeros(1, 1, *IN_SHAPE), "pet": torch.zeros(1, 1, *IN_SHAPE),
+             "has_pet": torch.tensor([True])}  # fmt: skip
+    assert model(batch).shape == (1, 2)
+
+
+def test_predict_synthetic_patient_averages_folds(synthetic, tmp_path, capsys):
+    out = tmp_path / "predictions.json"
+    work = tmp_path / "work"
+    rc = main(["--params", _params(), "predict", "--dicom", str(synthetic["pet"]),
+               "--models-dir", str(synthetic["models_dir"]), "--work-dir", str(work),
+               "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    record = json.loads(out.read_text())
+    assert record["imaging"]["has_pet"] is True
+    assert (work / "roi" / "new_patient.npz").is_file() and (
+        work / "roi" / "new_patient.png"
+    ).is_file()
+    for name in ("ct", "early"):
+        result = record["models"][name]
+        assert result["n_folds"] == 2 and "mean over the fold models" in result["averaging"]
+        probs = result["probabilities"]
+        assert set(probs) == set(CLASSES) and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+        folds = [result["folds"][f"fold{k}"]["probabilities"]["SQC"] for k in (0, 1)]
+        assert probs["SQC"] == pytest.approx(sum(folds) / 2, abs=1e-6)
+        assert folds[0] != folds[1]  # two different fold models really were run
+    printed = capsys.readouterr().out
+    assert "ct" in printed and "P(SQC)=" in printed and "2 folds" in printed
+
+
+def test_predict_without_pet_skips_pet_models(synthetic, tmp_path):
+    out = tmp_path / "predictions.json"
+    rc = main(["--params", _params(), "predict", "--dicom", str(synthetic["nopet"]),
+               "--models-dir", str(synthetic["models_dir"]), "--out", str(out),
+               "--patient-id", "case7"])  # fmt: skip
+    assert rc == 0
+    record = json.loads(out.read_text())
+    assert record["patient_id"] == "case7" and record["imaging"]["has_pet"] is False
+    assert "probabilities" in record["models"]["ct"]
+    assert "PET" in record["models"]["early"]["skipped"]
+
+
+def test_parse_clinical():
+    assert parse_clinical(["age=64", "sex = F"]) == {"age": "64", "sex": "F"}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_clinical(["age"])
