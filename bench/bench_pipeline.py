@@ -53,7 +53,11 @@ QUICK_END_TO_END = {
 # The scaling runs: the tiny preset, a smaller ROI; everything after roi is not run.
 SCALING = {
     "results": "results",
-    "cohort": {"source": "dicom", "dicom_root": "cohort/dicom", "sample_sheet": "cohort/clinical.tsv"},
+    "cohort": {
+        "source": "dicom",
+        "dicom_root": "cohort/dicom",
+        "sample_sheet": "cohort/clinical.tsv",
+    },
     "roi": {"shape": [32, 32, 16]},
 }
 
@@ -141,7 +145,9 @@ def memory_table(benchmarks: dict, declared: dict) -> tuple[list[str], list[str]
     over = []
     for rule in sorted(set(benchmarks) | set(declared)):
         mem_mb = _number(declared.get(rule, {}).get("mem_mb", "nan"))
-        rss = [row["max_rss"] for row in benchmarks.get(rule, []) if row["max_rss"] == row["max_rss"]]
+        rss = [
+            row["max_rss"] for row in benchmarks.get(rule, []) if row["max_rss"] == row["max_rss"]
+        ]
         if not rss:
             lines.append(f"| {rule} | 0 | no benchmark file | | {mem_mb:.0f} | | |")
             continue
@@ -271,7 +277,9 @@ def report(e2e: dict, by_size: list[dict], by_cores: list[dict], quick: bool) ->
         "",
     ]
     if by_size:
-        intercept, slope, r2 = linear_fit([r["n"] for r in by_size], [r["seconds"] for r in by_size])
+        intercept, slope, r2 = linear_fit(
+            [r["n"] for r in by_size], [r["seconds"] for r in by_size]
+        )
         lines += [
             "## Preprocessing as the cohort grows",
             "",
@@ -329,7 +337,9 @@ def main() -> int:
     parser.add_argument("--cores-size", type=int, default=None, help="patients for 1 vs 2 cores")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it")
     args = parser.parse_args()
-    sizes = args.sizes if args.sizes is not None else ([4, 8, 16] if args.quick else [10, 20, 40, 80])
+    sizes = (
+        args.sizes if args.sizes is not None else ([4, 8, 16] if args.quick else [10, 20, 40, 80])
+    )
     cores_size = args.cores_size or (8 if args.quick else 20)
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_pipeline_"))

@@ -191,6 +191,8 @@ def test_a_killed_job_leaves_no_complete_looking_output_and_is_redone(cohort):
         os.killpg(run.pid, signal.SIGKILL)
         run.wait(timeout=60)
     assert not target.exists(), "a killed training job left its sidecar behind"
+    # A killed Snakemake leaves its lock: the user runs --unlock once, then runs again.
+    snakemake(workdir, "--unlock")
 
     result = snakemake(workdir, relative, "--rerun-incomplete")
 

@@ -175,7 +175,8 @@ def parse_smoking(value) -> tuple[float, float, float]:
             return _smoking_flags(status) + (0.0 if status == "never" else math.nan,)
     for status in ("never", "former", "current"):  # longer phrases: 'ex-smoker, 30 py'
         if any(word in text for word in _SMOKING_WORDS[status] if len(word) > 3):
-            return _smoking_flags(status) + (_pack_years_in(text),)
+            pack_years = 0.0 if status == "never" else _pack_years_in(text)
+            return _smoking_flags(status) + (pack_years,)
     number = parse_number(text)
     if not math.isnan(number):  # a bare number in the smoking column: pack-years
         return (1.0, math.nan, number) if number > 0 else (0.0, 0.0, 0.0)

@@ -391,12 +391,41 @@ def lung_side_labels(anatomy: Anatomy, labels: np.ndarray, *, origin, spacing, s
     return np.where(lungs, side, 0).astype(np.uint8)
 
 
+def gaussian_blur(
+    array: np.ndarray, sigma: float | list[float], *, truncate: float = 4.0
+) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter`` (mode "reflect") for float32 volumes, as sums of shifted
+    copies: its kernels here have 3 to 17 taps, where this is several times faster than scipy
+    along the slowest axis (strided lines). Same values up to float32 rounding."""
+    from scipy import ndimage
+
+    out = np.asarray(array, dtype=np.float32)
+    sigmas = np.broadcast_to(np.asarray(sigma, dtype=float), (out.ndim,))
+    for axis, s in enumerate(sigmas):
+        radius = int(truncate * float(s) + 0.5)
+        n = out.shape[axis]
+        if s <= 0 or radius == 0:
+            continue
+        if radius >= n:  # reflections of reflections: leave those to scipy
+            out = ndimage.gaussian_filter1d(out, float(s), axis=axis, truncate=truncate)
+            continue
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / s) ** 2)
+        taps = (taps / taps.sum()).astype(np.float32)
+        width = [(0, 0)] * out.ndim
+        width[axis] = (radius, radius)
+        padded = np.pad(out, width, mode="symmetric")  # numpy's symmetric is scipy's reflect
+        shifted = np.moveaxis(padded, axis, 0)
+        result = taps[0] * shifted[0:n]
+        for i in range(1, len(taps)):
+            result += taps[i] * shifted[i : i + n]
+        out = np.ascontiguousarray(np.moveaxis(result, 0, axis))
+    return out
+
+
 def hu_image(
     labels: np.ndarray, anatomy: Anatomy, axes_spacing, rng, *, noise_hu: float
 ) -> np.ndarray:
     """HU from the labels with a posterior lung density gradient, partial volume and noise."""
-    from scipy import ndimage
-
     hu = HU[labels]
     # dependent lung is denser (gravity, supine patient): up to +60 HU posteriorly
     lung = labels == LUNG
@@ -404,8 +433,10 @@ def hu_image(
     gradient = np.linspace(-30.0, 30.0, ny, dtype=np.float32)[None, :, None]
     hu = np.where(lung, hu + gradient, hu)
     sigma_vox = [0.35, 0.6, 0.6]  # z, y, x: the reconstruction kernel's blur
-    hu = ndimage.gaussian_filter(hu, sigma=sigma_vox, truncate=2.5)
-    hu += rng.normal(0.0, noise_hu, size=hu.shape).astype(np.float32)
+    hu = gaussian_blur(hu, sigma_vox, truncate=2.5)
+    hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(
+        noise_hu
+    )  # float32: 2x faster
     return hu
 
 

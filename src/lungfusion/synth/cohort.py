@@ -181,16 +181,16 @@ def _render_pet_suv(
     )
     sigma_mm = preset.psf_fwhm_mm / (2 * math.sqrt(2 * math.log(2)))
     sigma_vox = [sigma_mm / pet.spacing[2], sigma_mm / pet.spacing[1], sigma_mm / pet.spacing[0]]
-    blurred = ndimage.gaussian_filter(sitk.GetArrayFromImage(moved), sigma_vox, truncate=3.0)
-    noise = rng.normal(0.0, 1.0, blurred.shape).astype(np.float32)
-    noise = ndimage.gaussian_filter(noise, 0.7) * 2.0  # correlated, about unit variance again
+    blurred = anat.gaussian_blur(sitk.GetArrayViewFromImage(moved), sigma_vox, truncate=3.0)
+    noise = rng.standard_normal(blurred.shape, dtype=np.float32)
+    noise = anat.gaussian_blur(noise, 0.7) * 2.0  # correlated, about unit variance again
     noisy = blurred + preset.pet_noise * np.sqrt(np.clip(blurred, 0, None)) * noise
     return np.clip(noisy, 0.0, None).astype(np.float32)
 
 
 def _nac_image(suv: np.ndarray) -> np.ndarray:
     """A non-attenuation-corrected look: the body's centre dark, the skin and lungs bright."""
-    body = ndimage.gaussian_filter(suv, 2.0) > 0.15
+    body = anat.gaussian_blur(suv, 2.0) > 0.15
     depth = ndimage.distance_transform_edt(body, sampling=1.0)
     attenuation = np.exp(-0.08 * depth)
     return (suv * (0.25 + 0.75 * attenuation)).astype(np.float32)
@@ -200,18 +200,29 @@ def _thicker_recon(hu: np.ndarray, grid: Grid, rng: np.random.Generator) -> tupl
     """A second reconstruction: pairs of slices averaged into slices twice as thick, lung kernel."""
     nz = hu.shape[0] // 2
     thick = 0.5 * (hu[0 : 2 * nz : 2] + hu[1 : 2 * nz : 2])
-    thick = thick + rng.normal(0, 25.0, thick.shape).astype(np.float32)  # sharper kernel: noisier
+    noise = rng.standard_normal(thick.shape, dtype=np.float32) * np.float32(25.0)
+    thick = thick + noise  # sharper kernel: noisier
     z0 = grid.origin[2] + grid.spacing[2] / 2
     origin = (grid.origin[0], grid.origin[1], _dicom_float(z0))
     spacing = (grid.spacing[0], grid.spacing[1], _dicom_float(2 * grid.spacing[2]))
     return thick, Grid(origin, spacing, (grid.size[0], grid.size[1], nz))
 
 
-def _fused_rgb(hu: np.ndarray, suv_on_ct: np.ndarray, slices: list[int]) -> np.ndarray:
-    grey = np.clip((hu[slices] + 1000.0) / 1400.0, 0, 1)
-    heat = np.clip(suv_on_ct[slices] / 8.0, 0, 1)
+def _fused_rgb(hu: np.ndarray, suv_on_ct: np.ndarray) -> np.ndarray:
+    grey = np.clip((hu + 1000.0) / 1400.0, 0, 1)
+    heat = np.clip(suv_on_ct / 8.0, 0, 1)
     rgb = np.stack([grey * 0.6 + heat * 0.4, grey * 0.6 + heat**2 * 0.3, grey * 0.6], axis=-1)
     return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def _pet_on_ct_slices(suv: np.ndarray, pet: Grid, ct: Grid, picks: list[int]) -> np.ndarray:
+    """The PET resampled onto these CT slices only (the band of the CT grid that holds them)."""
+    lo, hi = min(picks), max(picks)
+    z0 = ct.origin[2] + lo * ct.spacing[2]
+    band = Grid((ct.origin[0], ct.origin[1], z0), ct.spacing, (ct.size[0], ct.size[1], hi - lo + 1))
+    reference = band.image(np.zeros(band.size[::-1], dtype=np.float32))
+    on_band = sitk.Resample(pet.image(suv), reference, sitk.Transform(), sitk.sitkLinear, 0.0)
+    return sitk.GetArrayFromImage(on_band)[[p - lo for p in picks]]
 
 
 def _series_folder(number: int, description: str, rng: np.random.Generator) -> str:
@@ -376,15 +387,11 @@ def generate_patient(
                 attenuation_corrected=False,
             )
         # the scanner's fusion trusts the DICOM geometry, so the motion shows in the capture
-        on_ct = sitk.GetArrayFromImage(
-            sitk.Resample(
-                pet_grid.image(suv), ct_grid.image(hu), sitk.Transform(), sitk.sitkLinear, 0.0
-            )
-        )
         k = int(round((tumour_phys[2] - ct_grid.origin[2]) / ct_grid.spacing[2]))
         picks = [int(np.clip(k + d, 0, ct_grid.size[2] - 1)) for d in (-2, 0, 2)]
+        on_ct = _pet_on_ct_slices(suv, pet_grid, ct_grid, picks)
         folder, info = series("fused", 6, "Fused PET-CT", pet_time)
-        dw.write_fused_capture(folder, _fused_rgb(hu, on_ct, picks), study=study, series=info)
+        dw.write_fused_capture(folder, _fused_rgb(hu[picks], on_ct), study=study, series=info)
 
         _write_nifti(suv, pet_grid, truth / "pet_suv.nii.gz")
         sitk.WriteTransform(transform, str(truth / "pet_to_ct.tfm"))

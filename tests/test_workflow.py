@@ -1,0 +1,128 @@
+"""The whole Snakefile on the tiny synthetic cohort: every artifact appears, a rerun does nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungfusion.models import required_modalities
+
+pytestmark = pytest.mark.workflow
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [
+        *SNAKEMAKE,
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "tests" / "tiny_config.yaml"),
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = snakemake(workdir, "--cores", "2")
+    if result.returncode != 0:
+        pytest.fail(f"workflow failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return workdir / "results"
+
+
+def test_every_stage_leaves_its_artifacts(tiny_run):
+    sheet = pd.read_csv(tiny_run.parent / "resources/synthetic/clinical.tsv", sep="\t")
+    assert len(sheet) == 8
+    series = pd.read_csv(tiny_run / "ingest/series.tsv", sep="\t", dtype=str)
+    assert set(series.loc[series.chosen == "CT", "patient_id"]) == set(sheet.patient_id)
+    for pid in sheet.patient_id:
+        for stage in ("ingest", "register", "segment"):
+            record = json.loads((tiny_run / stage / pid / f"{stage}.json").read_text())
+            assert record["status"] == "ok", (pid, stage, record.get("error"))
+        assert (tiny_run / "ingest" / pid / "ct.nii.gz").stat().st_size > 0
+        assert (tiny_run / "register" / pid / "ct.nii.gz").stat().st_size > 0
+        assert (tiny_run / "segment" / pid / "lungs.nii.gz").stat().st_size > 0
+        roi = np.load(tiny_run / "roi" / f"{pid}.npz")
+        assert roi["ct"].shape == (16, 32, 32)  # (z, y, x) of roi.shape [32, 32, 16]
+        assert roi["ct"].min() >= 0.0 and roi["ct"].max() <= 1.0
+        assert (tiny_run / "roi" / f"{pid}.png").stat().st_size > 0
+
+
+def test_patients_without_pet_are_ct_only(tiny_run):
+    truth = pd.read_csv(tiny_run.parent / "resources/synthetic/ground_truth/latents.tsv", sep="\t")
+    for pid in truth.patient_id:
+        ingest = json.loads((tiny_run / "ingest" / pid / "ingest.json").read_text())
+        assert ingest["has_pet"] == (tiny_run / "ingest" / pid / "pet_suv.nii.gz").exists()
+        roi = np.load(tiny_run / "roi" / f"{pid}.npz")
+        assert bool(roi["has_pet"]) == ingest["has_pet"]
+        if not ingest["has_pet"]:
+            assert not roi["pet"].any()
+
+
+def test_every_model_predicts_every_fold(tiny_run):
+    folds = pd.read_csv(tiny_run / "splits/folds.tsv", sep="\t")
+    for model in ("ct", "pet", "early", "late", "single_stage", "multistage", "mmtm"):
+        tested = []
+        for fold in (0, 1):
+            fold_dir = tiny_run / "train" / model / f"fold{fold}"
+            assert json.loads((fold_dir / "summary.json").read_text())["status"] == "ok"
+            predictions = pd.read_csv(fold_dir / "predictions.tsv", sep="\t")
+            assert np.allclose(predictions[["prob_ADC", "prob_SQC"]].sum(axis=1), 1.0, atol=1e-5)
+            expected = folds[(folds.fold == fold) & (folds.role == "test")]
+            if "pet" in required_modalities(model):
+                expected = expected[expected.has_pet]  # CT-only patients are left out, counted
+            assert set(predictions.patient_id) == set(expected.patient_id)
+            tested += list(predictions.patient_id)
+        assert len(tested) == len(set(tested))  # each patient tested at most once
+
+
+def test_metrics_and_report(tiny_run):
+    table = pd.read_csv(tiny_run / "metrics/all.tsv", sep="\t")
+    assert {"ct", "multistage", "mmtm", "late_logistic"} <= set(table.model)
+    auc = table[table.metric == "auroc"]
+    assert auc.value.between(0, 1).all()
+    assert (auc.ci_low <= auc.value + 1e-9).all() and (auc.value <= auc.ci_high + 1e-9).all()
+    page = (tiny_run / "report/index.html").read_text()
+    assert "multistage" in page and "data:image/png;base64," in page
+    assert (tiny_run / "report/tables/metrics.tex").read_text().count("\\textbf") >= 1
+
+
+def test_a_second_run_does_nothing(tiny_run):
+    result = snakemake(tiny_run.parent, "--cores", "2", "-n")
+    assert result.returncode == 0, result.stderr
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_lint_and_format_are_clean(repo_dir, tmp_path):
+    lint = subprocess.run(
+        [
+            *SNAKEMAKE,
+            "--lint",
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(repo_dir / "tests/tiny_config.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo_dir,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    snakefmt = Path(sys.executable).with_name("snakefmt")
+    fmt = subprocess.run(
+        [str(snakefmt), "--check", "Snakefile", "workflow"],
+        capture_output=True,
+        text=True,
+        cwd=repo_dir,
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
