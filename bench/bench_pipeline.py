@@ -185,10 +185,26 @@ def end_to_end(workdir: Path, quick: bool) -> dict:
         "seconds": seconds,
         "jobs": _total_jobs(output),
         "noop": noop,
+        "plugin_import": plugin_import_seconds(),
         "benchmarks": read_benchmarks(workdir / "results"),
         "declared": declared_resources(workdir, configs),
         "config": config,
     }
+
+
+def plugin_import_seconds() -> float:
+    """Seconds to import the SLURM executor plugin, which Snakemake imports at every start.
+
+    At import it runs `scontrol show config` (10 s timeout): fast without SLURM or on a working
+    cluster, up to 10 s where scontrol is installed but no controller answers.
+    """
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", "import snakemake_executor_plugin_slurm"],
+        capture_output=True,
+        check=False,
+    )
+    return time.perf_counter() - start
 
 
 def _total_jobs(output: str) -> int:
@@ -270,6 +286,11 @@ def report(e2e: dict, by_size: list[dict], by_cores: list[dict], quick: bool) ->
         "|---|---|---|---|",
         f"| {e2e['jobs']} | {e2e['seconds']:.0f} | {noop:.1f} "
         f"({', '.join(f'{s:.1f}' for s in e2e['noop'])}) | < 5 s: {'met' if noop < 5 else 'NOT met'} |",
+        "",
+        f"Of a Snakemake start, importing the SLURM executor plugin took "
+        f"{e2e['plugin_import']:.1f} s here (it runs `scontrol show config` at import, with a "
+        "10 s timeout: near 0 s without SLURM or on a working cluster, up to 10 s where scontrol "
+        "is installed but no controller answers).",
         "",
         "Time per stage (from each rule's benchmark files; jobs overlap on 2 cores):",
         "",

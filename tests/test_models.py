@@ -38,14 +38,32 @@ def make_batch(batch_size: int = 2, *, seed: int = 0, n_tabular: int = 0) -> dic
     return batch
 
 
+N_TABULAR = 4
+
+
+def needs_table(name: str) -> bool:
+    return "tab" in required_modalities(name)
+
+
 def tiny(name: str, n_classes: int = 2, **options) -> torch.nn.Module:
+    if needs_table(name):
+        options.setdefault("n_tabular", N_TABULAR)
     return build_model(
         name, n_classes=n_classes, in_shape=IN_SHAPE, widths=WIDTHS, blocks_per_stage=1, **options
     )
 
 
+def batch_for(name: str, batch_size: int = 2, *, seed: int = 0) -> dict:
+    """A batch with the clinical table for the models that read one."""
+    return make_batch(batch_size, seed=seed, n_tabular=N_TABULAR if needs_table(name) else 0)
+
+
 def test_registry_lists_every_model():
-    assert set(MODEL_NAMES) == {"ct", "pet", "early", "late", "single_stage", "multistage", "mmtm"}
+    assert set(MODEL_NAMES) == {
+        "ct", "pet", "early", "late", "single_stage", "multistage", "mmtm", "mmcaf", "clinical_net"
+    }
+    assert required_modalities("mmcaf") == {"ct", "tab"}
+    assert required_modalities("clinical_net") == {"tab"}
     assert required_modalities("ct") == {"ct"}
     assert required_modalities("pet") == {"pet"}
     for name in FUSION_MODELS:
@@ -73,7 +91,7 @@ def test_build_model_rejects_bad_arguments():
 def test_output_shape(name, n_classes):
     torch.manual_seed(0)
     model = tiny(name, n_classes=n_classes)
-    output = model(make_batch(3))
+    output = model(batch_for(name, 3))
     assert output.shape == (3, n_classes)
     assert torch.isfinite(output).all()
 
@@ -263,7 +281,7 @@ def test_same_seed_gives_same_output(name):
         torch.manual_seed(123)
         model = tiny(name).eval()
         with torch.no_grad():
-            outputs.append(model(make_batch(seed=5)))
+            outputs.append(model(batch_for(name, seed=5)))
     assert torch.equal(outputs[0], outputs[1])
 
 
@@ -271,7 +289,7 @@ def test_same_seed_gives_same_output(name):
 def test_channels_last_and_bf16_autocast(name):
     torch.manual_seed(0)
     model = tiny(name).eval()
-    batch = make_batch()
+    batch = batch_for(name)
     with torch.no_grad():
         reference = model(batch)
         model = model.to(memory_format=torch.channels_last_3d)

@@ -35,11 +35,16 @@ GPU_PARTITION = "gpu"
 
 # Which workflow the test runs: "toy" (a three-rule Snakefile written here) or "real" (the
 # repository's Snakefile on the tiny config, trimmed further below). One line to switch.
-WORKFLOW = "toy"
+WORKFLOW = "real"
 
 # Trims the tiny config further for the cluster run: every job pays SLURM's scheduling and a
-# Snakemake start-up, on 2 cores.
-REAL_OVERRIDES = {"synthetic": {"n_patients": 6}, "train": {"models": ["ct", "early"]}}
+# Snakemake start-up, on 2 cores. One model (2 folds: two GPU jobs), and the late-fusion
+# integrator on it and the clinical model only, so no other model has to be trained for it.
+REAL_OVERRIDES = {
+    "synthetic": {"n_patients": 6},
+    "train": {"models": ["ct"]},
+    "integrate": {"submodels": ["ct", "clinical"]},
+}
 
 # Toy workflow: one CPU rule chain and one training rule that requests a GPU like the real ones.
 TOY_SNAKEFILE = """

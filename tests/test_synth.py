@@ -310,3 +310,28 @@ def test_invalid_arguments(tmp_path):
     with pytest.raises(ValueError, match="class_prior"):
         generate_cohort(tmp_path, preset="tiny", n_patients=1, seed=1, class_prior={"XYZ": 1.0})
     assert not math.isnan(1.0)
+
+
+def test_series_encoder_writes_what_save_as_writes(cohort, tmp_path):
+    """The fast writer (shared elements encoded once per series) must equal pydicom's own."""
+    pid = patient_ids(N_PATIENTS)[0]
+    for role in ("ct", "pet"):
+        folder = _series_dirs(cohort, pid)[role]
+        for path in sorted(folder.glob("*.dcm"))[:3]:
+            ds = pydicom.dcmread(path)
+            again = tmp_path / f"{role}-{path.name}"
+            ds.save_as(again, enforce_file_format=True)
+            assert again.read_bytes() == path.read_bytes(), path
+
+
+@pytest.mark.parametrize(("sigma", "truncate"), [([0.35, 0.6, 0.6], 2.5), (0.7, 4.0), (2.0, 4.0)])
+def test_gaussian_blur_equals_scipy(sigma, truncate):
+    from scipy import ndimage
+
+    from lungfusion.synth.anatomy import gaussian_blur
+
+    volume = np.random.default_rng(0).normal(size=(6, 30, 24)).astype(np.float32)
+    expected = ndimage.gaussian_filter(volume, sigma, truncate=truncate)
+    got = gaussian_blur(volume, sigma, truncate=truncate)
+    assert got.dtype == np.float32 and got.shape == volume.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)

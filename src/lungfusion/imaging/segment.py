@@ -123,7 +123,11 @@ def tumour_inclusive_region(ct: sitk.Image, lungs: sitk.Image, *, margin_mm: flo
             filled = _closing_within(coarse, 1.5 * margin_mm, margin_mm, spacing * factors)
             added |= _upsample(filled & ~coarse, factors, added.shape)
     region[box] |= added
-    region[box] = _fill_holes(region[box])
+    # the coarse grid's stair steps leave gaps through which a tumour's per-slice hole leaks:
+    # close them in-plane (half a coarse voxel) before filling the holes
+    disk = _ball(_COARSE_MM / 2, np.array([np.inf, spacing[1], spacing[2]]))  # in-plane
+    closed = ndi.binary_erosion(ndi.binary_dilation(region[box], disk), disk, border_value=1)
+    region[box] = _fill_holes(closed)
     return _like(region.astype(np.uint8), ct)
 
 
@@ -406,15 +410,19 @@ def _physical_x(mask: np.ndarray, ct: sitk.Image, bbox: tuple[slice, ...]) -> fl
 
 def _smooth(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     """Closing with a ball of ``radius_mm``, then per-slice filling of small holes."""
-    ball = _ball(radius_mm, spacing)
-    box = _bounding_box(mask, pad=max(ball.shape) // 2 + 1)
+    radius = np.floor(radius_mm / spacing + 0.5).astype(int)
+    box = _bounding_box(mask, pad=int(radius.max()) + 1)
     if box is None:
         return mask
     smooth = np.zeros_like(mask)
     part = mask[box]
-    if ball.size > 1:
-        # border_value=1: the scan's edge does not erode the lung
-        part = ndi.binary_erosion(ndi.binary_dilation(part, ball), ball, border_value=1)
+    if radius.any():
+        # ITK's ball: a Euclidean ball in mm (scipy's, as fast) bridges the synthetic ribs
+        # that lie on the lung surface more often and costs 0.5-1% Dice there
+        image = sitk.GetImageFromArray(part.astype(np.uint8))
+        kernel = [int(r) for r in radius[::-1]]  # SimpleITK wants x, y, z
+        closed = sitk.BinaryMorphologicalClosing(image, kernel, sitk.sitkBall, 1, True)
+        part = sitk.GetArrayViewFromImage(closed).astype(bool)
     max_hole_voxels = _MAX_HOLE_MM2 / float(spacing[1] * spacing[2])
     smooth[box] = _fill_small_holes(part, max_hole_voxels)
     return smooth
@@ -449,7 +457,10 @@ def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     """Voxels within ``radius_mm`` of the centre (a single voxel below one voxel's size)."""
     reach = np.floor(radius_mm / spacing).astype(int)
     grid = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
-    squared = sum((g * s) ** 2 for g, s in zip(grid, spacing, strict=True))
+    squared = np.zeros(tuple(2 * reach + 1))
+    for g, s, r in zip(grid, spacing, reach, strict=True):
+        if r:  # an axis too coarse for the ball (or infinite spacing: a disk) adds nothing
+            squared = squared + (g * s) ** 2
     return squared <= radius_mm**2 + 1e-6
 
 

@@ -130,7 +130,7 @@ def _decode(ds: Dataset, file: str, where: _Where) -> np.ndarray:
 def _native_layout(ds: Dataset) -> tuple[np.dtype, int] | None:
     """(dtype, BitsStored) of uncompressed little-endian single-frame MONOCHROME2 pixels, the
     common case that needs no decoder; None when pydicom's decoder is needed."""
-    syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
         return None
     if int(ds.get("NumberOfFrames", 1) or 1) != 1 or "PerFrameFunctionalGroupsSequence" in ds:

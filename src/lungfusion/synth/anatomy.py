@@ -200,6 +200,8 @@ class _Axes:
         self.x = (origin[0] + spacing[0] * np.arange(size[0]) - anatomy.centre[0]) / s
         self.y = (origin[1] + spacing[1] * np.arange(size[1]) - anatomy.centre[1]) / s
         self.z = (origin[2] + spacing[2] * np.arange(size[2]) - anatomy.centre[2]) / s
+        # float32: the painting works on whole volumes of these; its error is far below a voxel
+        self.x, self.y, self.z = (v.astype(np.float32) for v in (self.x, self.y, self.z))
 
     def box(self, lo, hi):
         """Index slices and broadcastable local coordinates of the box [lo, hi] (local x, y, z)."""
