@@ -5,9 +5,7 @@ rule integrate:
     input:
         folds=f"{RESULTS}/splits/folds.tsv",
         sheet=SAMPLE_SHEET,
-        submodels=lambda wc: fold_outputs(
-            [m for m in config["integrate"]["submodels"] if m != "clinical"]
-        ),
+        submodels=fold_outputs(config["integrate"]["submodels"]),
     output:
         predictions=f"{RESULTS}/integrate/{{integrator}}/predictions.tsv",
         done=f"{RESULTS}/integrate/{{integrator}}/summary.json",
@@ -50,8 +48,8 @@ rule evaluate:
         runtime=60,
     params:
         cfg=sections("task", "cohort", "evaluate"),
-        predictions=[f"{RESULTS}/train/{m}" for m in MODELS]
-        + [f"{RESULTS}/integrate/{INTEGRATOR}"],
+        predictions=[f"{m}={RESULTS}/train/{m}" for m in MODELS]
+        + [f"{INTEGRATOR}={RESULTS}/integrate/{INTEGRATOR}/predictions.tsv"],
         out_dir=lambda wc, output: Path(output.done).parent,
     shell:
         "python -m lungfusion --params {params.cfg:q} evaluate --predictions {params.predictions:q}"

@@ -23,6 +23,10 @@ rule splits:
         " --roi-dir {params.roi_dir:q} --out {output.folds:q} > {log:q} 2>&1"
 
 
+# results/train/sfsa/fold{k}/ is written by the search, not by plain training.
+ruleorder: sfsa > train
+
+
 rule train:
     input:
         folds=f"{RESULTS}/splits/folds.tsv",
@@ -34,8 +38,6 @@ rule train:
         f"{RESULTS}/logs/train/{{model}}/fold{{fold}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}/fold{{fold}}.tsv"
-    wildcard_constraints:
-        model="(?!sfsa$)[a-z_]+",
     conda:
         "../../envs/train.yaml"
     threads: 2

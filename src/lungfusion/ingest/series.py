@@ -25,7 +25,6 @@ import logging
 import os
 import struct
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +45,6 @@ ORIENTATION_TOLERANCE = 1e-3  # direction cosines that differ less are the same 
 TILT_TOLERANCE_DEG = 0.05  # slice stacking further off the normal than this is gantry tilt
 DUPLICATE_POSITION_MM = 1e-3
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
-# Pixel bytes are read in threads while the main thread parses the next headers: file reads and
-# numpy release the GIL, header parsing does not.
-READER_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -168,21 +164,42 @@ def _pixel_value_offset(fp, ds: Dataset, nbytes: int) -> int | None:
     return value_offset
 
 
-def _read_native(path: str, offset: int, dtype: np.dtype, shape, stored: int):
-    """Pixels and their (min, max), computed here in the reader thread."""
-    pixels = np.empty(shape, dtype=dtype)
-    with open(path, "rb") as fp:
-        fp.seek(offset)
-        if fp.readinto(memoryview(pixels).cast("B")) != pixels.nbytes:
-            raise EOFError("pixel data ends early")
+class _SliceBuffer:
+    """One array for the native slices of a series, handed out slice by slice: one large
+    allocation (numpy backs it with huge pages) page-faults far less than an array per file."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.array: np.ndarray | None = None
+        self.used = 0
+
+    def take(self, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        if self.array is None:
+            self.array = np.empty((self.count, *shape), dtype=dtype)
+        if self.used == self.count or self.array.shape[1:] != shape or self.array.dtype != dtype:
+            return np.empty(shape, dtype=dtype)  # an odd file out: the checks will name it
+        self.used += 1
+        return self.array[self.used - 1]
+
+
+def _read_native(fp, offset: int, pixels: np.ndarray, stored: int):
+    """Pixels straight from the file into ``pixels``, and their (min, max)."""
+    fp.seek(offset)
+    if fp.readinto(memoryview(pixels).cast("B")) != pixels.nbytes:
+        raise EOFError("pixel data ends early")
+    dtype = pixels.dtype
     if dtype.kind == "u" and stored < dtype.itemsize * 8:
         pixels &= np.array((1 << stored) - 1, dtype=dtype)  # drop overlay bits
     return pixels, (int(pixels.min()), int(pixels.max()))
 
 
-def _read_header(path: str, where: _Where) -> tuple[Dataset, Future | None]:
-    """The header up to the pixel data and, for native pixels, their read started in a thread
-    (None when the file needs the full read and decoder)."""
+def _read_header(path: str, where: _Where, buffer: _SliceBuffer):
+    """The header up to the pixel data, with the pixels and their (min, max) when they are
+    native (None when the file needs the full read and pydicom's decoder).
+
+    The common case costs one header parse and one read of the pixel bytes into their array,
+    about half of what a full ``dcmread`` plus decoding costs.
+    """
     try:
         with open(path, "rb") as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -192,28 +209,19 @@ def _read_header(path: str, where: _Where) -> tuple[Dataset, Future | None]:
             dtype, stored = layout
             shape = (int(ds.Rows), int(ds.Columns))
             offset = _pixel_value_offset(fp, ds, shape[0] * shape[1] * dtype.itemsize)
+            if offset is None:
+                return ds, None
+            return ds, _read_native(fp, offset, buffer.take(shape, dtype), stored)
     except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
         raise where.error(f"cannot read DICOM file ({exc})", file=path) from exc
-    if offset is None:
-        return ds, None
-    return ds, _reader().submit(_read_native, path, offset, dtype, shape, stored)
 
 
-_READER: ThreadPoolExecutor | None = None
-
-
-def _reader() -> ThreadPoolExecutor:
-    global _READER  # noqa: PLW0603 - one pool per process, started on first use
-    if _READER is None:
-        _READER = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="dicom-pixels")
-    return _READER
-
-
-def _file_slices(path: str, where: _Where) -> tuple[list[Slice], Dataset]:
-    """The file's slices (``pixels`` may still be a Future of a thread's read) and header."""
-    ds, native = _read_header(path, where)
+def _file_slices(path: str, where: _Where, buffer: _SliceBuffer) -> tuple[list[Slice], Dataset]:
+    """The file's slices and its header (without pixel data)."""
+    ds, native = _read_header(path, where, buffer)
+    value_range = None
     if native is not None:
-        pixels = native
+        pixels, value_range = native
     else:
         try:
             ds = pydicom.dcmread(path)
@@ -243,7 +251,8 @@ def _file_slices(path: str, where: _Where) -> tuple[list[Slice], Dataset]:
                 pixel_spacing=(float(spacing[0]), float(spacing[1])),
                 slope=float(ds.get("RescaleSlope", 1) or 1),
                 intercept=float(ds.get("RescaleIntercept", 0) or 0),
-                pixels=pixels if native is not None else pixels.reshape(pixels.shape[-2:]),
+                pixels=pixels.reshape(pixels.shape[-2:]),
+                value_range=value_range,
             )
         )
         return slices, ds
@@ -296,23 +305,12 @@ def load_slices(
         raise where.error("series has no files")
     slices: list[Slice] = []
     datasets: list[Dataset] = []
+    buffer = _SliceBuffer(len(files))
     for path in files:
-        file_slices, ds = _file_slices(str(path), where)
+        file_slices, ds = _file_slices(str(path), where, buffer)
         slices.extend(file_slices)
         datasets.append(ds)
-    for s in slices:
-        if isinstance(s.pixels, Future):
-            s.pixels, s.value_range = _pixels_read(s.pixels, s.file, where)
     return slices, datasets
-
-
-def _pixels_read(future: Future, file: str, where: _Where):
-    try:
-        return future.result()
-    except (OSError, EOFError) as exc:  # changed or vanished since its header was read
-        raise where.error(
-            f"cannot read pixel data ({exc})", file=file, tag="PixelData (7FE0,0010)"
-        ) from exc
 
 
 # ---------------------------------------------------------------- geometry
