@@ -56,16 +56,23 @@ def main() -> int:
     }
     tmp = tempfile.TemporaryDirectory()
     if dcm2niix:
-        command = [dcm2niix, "-z", "n", "-b", "n", "-f", "ct", "-o", tmp.name, str(CT)]
-        methods["dcm2niix (whole process, uncompressed NIfTI)"] = lambda: subprocess.run(
-            command, check=True, capture_output=True
-        )
+
+        def convert():  # a fresh output folder each time: no name clashes with earlier runs
+            out = tempfile.mkdtemp(dir=tmp.name)
+            command = [dcm2niix, "-z", "n", "-b", "n", "-f", "ct", "-o", out, str(CT)]
+            subprocess.run(command, check=True, capture_output=True)
+
+        methods["dcm2niix (whole process, uncompressed NIfTI)"] = convert
     read_ct_series(files)  # warm the file cache (and the reader threads) for everyone alike
     loads = [os.getloadavg()[0]]
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
     for _ in range(args.repeats):
         for name, function in methods.items():
             times[name].append(_timed(function))
+        # drop dcm2niix's 70 MB outputs outside the timing: piling up, their writeback slows
+        # whatever runs next
+        for out in Path(tmp.name).iterdir():
+            shutil.rmtree(out)
     loads.append(os.getloadavg()[0])
     tmp.cleanup()
 

@@ -1,9 +1,9 @@
 """The Snakemake pipeline as a whole: end to end, a no-op rerun, scaling, cores, peak memory.
 
 1. End to end: the repository's config.yaml as is (synthetic default preset, 60 patients, every
-   model, 5 folds), or with --quick a trimmed copy (default preset, 8 patients, CT and PET
-   models, 2 folds, 1 epoch). Wall time, then each stage's job count and time from the rules'
-   `benchmark:` files.
+   model, 5 folds), or with --quick a trimmed copy (default preset, 10 patients with balanced
+   classes, CT and PET models, 2 folds, 1 epoch). Wall time, then each stage's job count and
+   time from the rules' `benchmark:` files.
 2. A no-op rerun of the same run (median of 3; target under 5 s).
 3. Preprocessing (index + ingest -> roi; synth excluded: each cohort is generated beforehand
    and read as `cohort.source: dicom`) on the tiny preset as the cohort grows (10, 20, 40, 80
@@ -46,7 +46,8 @@ RESULTS = REPO / "bench" / "results" / "pipeline.md"
 IMAGING_RULES = ("ingest", "register", "segment", "roi")
 
 QUICK_END_TO_END = {
-    "synthetic": {"n_patients": 8},
+    # Balanced classes: with few patients every training fold must hold both.
+    "synthetic": {"n_patients": 10, "class_prior": {"ADC": 0.5, "SQC": 0.5}},
     "splits": {"n_folds": 2},
     "train": {"models": ["ct", "pet"], "epochs": 1},
 }
@@ -214,14 +215,13 @@ def _total_jobs(output: str) -> int:
 
 def preprocessing(root: Path, n_patients: int, cores: int, cohort: Path) -> dict:
     """Time index + ingest -> roi on a generated cohort (generation not timed)."""
-    workdir = root / f"pre_{n_patients}_{cores}"
-    workdir.mkdir()
+    workdir = Path(tempfile.mkdtemp(prefix=f"pre_{n_patients}_{cores}_", dir=root))
     (workdir / "cohort").symlink_to(cohort)
     configs = [CONFIG, write_yaml(workdir / "scaling.yaml", SCALING)]
     seconds, _ = snakemake(workdir, configs, "--until", "roi", cores=cores)
     benchmarks = read_benchmarks(workdir / "results")
     job_seconds = sum(row["s"] for rule in IMAGING_RULES for row in benchmarks.get(rule, []))
-    shutil.rmtree(workdir / "results")
+    shutil.rmtree(workdir)
     return {"n": n_patients, "cores": cores, "seconds": seconds, "job_seconds": job_seconds}
 
 

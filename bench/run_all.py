@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,10 @@ QUICK_ARGS = {
     "segment": ["--synthetic", "1"],
     "train": ["--steps", "2"],
     "pipeline": ["--quick"],
+    "quality": shlex.split(
+        "--n 12 --preset tiny --folds 2 --epochs 1 --models ct pet"
+        " --workdir bench/_work/quality_quick"
+    ),
 }
 
 

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from lungfusion.commands import register as command
 from lungfusion.imaging.register import (
+    _field_mask,
     crop_to_extent,
     image_centre,
     mask_points,
@@ -159,6 +160,20 @@ def test_register_rejects_bad_parameters():
         register_pet_to_ct(image, image, method="bspline")
     with pytest.raises(ValueError, match="equal length"):
         register_pet_to_ct(image, image, shrink_factors=[2, 1], smoothing_sigmas_mm=[1.0])
+    with pytest.raises(ValueError, match="min_relative_improvement"):
+        register_pet_to_ct(image, image, min_relative_improvement=-0.1)
+
+
+def test_field_mask_drops_or_adds_a_border():
+    image = _image(np.zeros((10, 20, 20)), spacing=(2.0, 2.0, 4.0), origin=(5.0, 6.0, 7.0))
+    inner = _field_mask(image, 4.0)
+    array = sitk.GetArrayViewFromImage(inner)
+    assert inner.GetSize() == image.GetSize() and inner.GetOrigin() == image.GetOrigin()
+    assert array[1:-1, 2:-2, 2:-2].all() and array.sum() == 8 * 16 * 16
+    outer = _field_mask(image, -8.0)
+    assert outer.GetSize() == (28, 28, 14)
+    assert np.allclose(outer.GetOrigin(), (-3.0, -2.0, -1.0))
+    assert sitk.GetArrayViewFromImage(outer).all()
 
 
 # --- registration on STS_001's real PET/CT ----------------------------------------------------
@@ -182,22 +197,48 @@ def test_method_none_is_identity(sts):
     assert info["kept"] is False
 
 
+# Two of the bench's seeded perturbations (up to 8 mm and 3 degrees about a point off-centre).
+STS_PERTURBATIONS = [((0.0, 0.0, 1.5), (4.0, -3.0, 2.0)), ((-1.0, 1.0, 0.0), (-3.0, 2.0, -4.0))]
+
+
+@pytest.fixture(scope="module")
+def sts_recovered(sts):
+    """(truth, recovered transform, info) for each of STS_PERTURBATIONS."""
+    ct, pet, _ = sts
+    results = []
+    for degrees, translation in STS_PERTURBATIONS:
+        truth = _rigid(np.add(image_centre(ct), (15.0, -10.0, 5.0)), degrees, translation)
+        transform, info = register_pet_to_ct(ct, _moved(pet, truth))
+        results.append((truth, transform, info))
+    return results
+
+
 @needs_sts
-@pytest.mark.parametrize(
-    ("degrees", "translation"),
-    [((0.0, 0.0, 1.5), (4.0, -3.0, 2.0)), ((-1.0, 1.0, 0.0), (-3.0, 2.0, -4.0))],
-)
-def test_known_perturbations_of_the_sts_pet_are_recovered(sts, degrees, translation):
-    ct, pet, points = sts
-    truth = _rigid(np.add(image_centre(ct), (15.0, -10.0, 5.0)), degrees, translation)
-    transform, info = register_pet_to_ct(ct, _moved(pet, truth))
+@pytest.mark.parametrize("case", range(len(STS_PERTURBATIONS)))
+def test_known_perturbations_of_the_sts_pet_are_recovered(sts, sts_recovered, case):
+    _, _, points = sts
+    truth, transform, info = sts_recovered[case]
     before = transform_error_mm(truth, sitk.Transform(), points).mean()
     after = transform_error_mm(truth, transform, points).mean()
     assert info["kept"], info["warnings"]
     assert info["metric_after"] < info["metric_before"]
     assert before > 4.0
-    # the floor on this real pair: every method settles a few mm from the DICOM geometry
-    assert after < 7.0, f"tumour error {after:.2f} mm (before {before:.2f} mm)"
+    # measured 3.62 mm on all 10 seeded perturbations of the bench (2.3 mm with dense sampling
+    # and a 10 mm fixed border): the metric's optimum on this real pair lies that far from the
+    # DICOM geometry (the floor NOTES.md reports)
+    assert after < 4.5, f"tumour error {after:.2f} mm (before {before:.2f} mm)"
+
+
+@needs_sts
+def test_perturbations_converge_to_one_optimum(sts, sts_recovered):
+    """Different starting misalignments end at the same transform: convergence, not luck."""
+    _, _, points = sts
+    (truth_a, found_a, _), (truth_b, found_b, _) = sts_recovered
+    # found = truth o correction: undoing each perturbation leaves the same correction
+    ends_a = [truth_a.GetInverse().TransformPoint(found_a.TransformPoint(p)) for p in points]
+    ends_b = [truth_b.GetInverse().TransformPoint(found_b.TransformPoint(p)) for p in points]
+    spread = np.linalg.norm(np.subtract(ends_a, ends_b), axis=1).mean()
+    assert spread < 0.5, f"the two recoveries differ by {spread:.2f} mm over the tumour"
 
 
 @needs_sts

@@ -194,3 +194,11 @@ def test_train_command_counts_patients_without_pet(cohort, tmp_path):
         expected = 1 if model == "pet" else 0  # P003 has no PET
         assert summary["excluded_missing_modality"]["count"] == expected
         assert sum(summary["n_patients"].values()) == 16 - expected
+
+
+def test_cindex_is_nan_when_nothing_can_be_compared():
+    from lungfusion.training.engine import cindex_score
+
+    assert np.isnan(cindex_score(np.array([100.0]), np.array([1]), np.array([0.3])))
+    assert np.isnan(cindex_score(np.array([100.0, 200.0]), np.array([0, 0]), np.array([0.3, 0.1])))
+    assert cindex_score(np.array([100.0, 200.0]), np.array([1, 1]), np.array([0.9, 0.1])) == 1.0

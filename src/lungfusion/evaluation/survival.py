@@ -38,7 +38,7 @@ def surv(time: np.ndarray, event: np.ndarray) -> np.ndarray:
 def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     """Harrell's concordance: higher risk should mean earlier event. NaN with no event."""
     event = np.asarray(event).astype(bool)
-    if not event.any():
+    if len(event) < 2 or not event.any():
         return float("nan")
     return float(concordance_index_censored(event, np.asarray(time, float), risk)[0])
 

@@ -4,13 +4,20 @@ PET and CT of one PET/CT study already share a frame of reference, so the search
 the DICOM geometry (identity in physical space) and only refines it, within bounds:
 
 1. The PET is cropped to the CT's extent plus a margin, and a moving mask keeps only what lies
-   inside the CT's field: hot organs outside it (bladder, brain) would otherwise pull the
-   optimiser away.
+   inside the CT's field widened by ``moving_mask_margin_mm``: hot organs farther out (bladder,
+   brain) would otherwise pull the optimiser away, and the widening keeps the mask (hence the
+   PET intensity range the metric's histogram spans) the same whatever the misalignment.
+   A fixed mask drops the CT field's border (``fixed_border_mm``), where a shifted PET runs out.
 2. The CT is resampled to a registration grid about half as fine as the PET (a 512x512 CT at full
-   resolution costs ten times more for no gain), then registered multi-resolution.
+   resolution costs ten times more for no gain), then registered multi-resolution, by default
+   on a fixed random 10% of that grid; ``sampling_fraction=1`` uses every voxel (smoother
+   metric: STS_001 perturbations 2.6 instead of 3.6 mm, but the tiny synthetic SYN0001 ends
+   1.8 mm off; with ``fixed_border_mm=10`` too, STS 2.3 mm, default preset 100% < 1.5 mm).
 3. The result is kept only if it stays within the translation and rotation bounds and improves
-   the metric, evaluated on the same sample points before and after; otherwise the identity is
-   returned with a warning.
+   the metric by at least ``min_relative_improvement``, evaluated on the same sample points
+   before and after; otherwise the identity is returned with a warning. On STS_001's aligned
+   real pair the metric's own optimum lies 2-4 mm from the DICOM geometry whatever the
+   settings, for a ~1.3% gain, while true misalignments of 3-8 mm gain 3-12%.
 
 The returned transform maps CT physical points to PET physical points (SimpleITK's convention
 with CT fixed and PET moving), so ``resample_onto(pet, ct_grid, transform)`` puts PET on the CT.
@@ -95,9 +102,14 @@ def crop_to_extent(image: sitk.Image, reference: sitk.Image, margin_mm: float) -
 
 
 def _registration_images(
-    ct: sitk.Image, pet: sitk.Image, pet_margin_mm: float
-) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
-    """Fixed CT on a registration grid, cropped and clipped moving PET, and the moving mask."""
+    ct: sitk.Image,
+    pet: sitk.Image,
+    *,
+    pet_margin_mm: float,
+    moving_mask_margin_mm: float,
+    fixed_border_mm: float,
+) -> tuple[sitk.Image, sitk.Image, sitk.Image, sitk.Image]:
+    """Fixed CT on a registration grid, cropped and clipped moving PET, and the two masks."""
     moving = sitk.Cast(crop_to_extent(pet, ct, pet_margin_mm), sitk.sitkFloat32)
     # An isotropic grid at 3/4 of the PET's coarsest spacing: the PET's point spread (5-7 mm)
     # leaves nothing finer for mutual information to use, and it costs 5-10x less than the CT's
@@ -112,13 +124,36 @@ def _registration_images(
     values = sitk.GetArrayViewFromImage(moving)
     ceiling = float(np.percentile(values, _PET_CLIP_PERCENTILE)) if values.size else 0.0
     moving = sitk.Clamp(moving, sitk.sitkFloat32, 0.0, max(ceiling, 1e-6))
-    # Moving mask: the PET voxels inside the CT's field; whatever lies outside stays out.
-    inside_ct = sitk.Image(ct.GetSize(), sitk.sitkUInt8) + 1
-    inside_ct.CopyInformation(ct)
+    # Moving mask: the PET voxels inside the CT's field widened by a margin. Mattes MI takes
+    # its moving histogram range from the masked voxels, so a mask that follows the CT's field
+    # exactly lets a hot voxel at the field's edge (STS_001: SUV 25 on the PET's last slice)
+    # drop in or out with the misalignment, changing the metric and its optimum (4.4 instead
+    # of 2.3 mm on 4 of 10 perturbations).
     moving_mask = sitk.Resample(
-        inside_ct, moving, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+        _field_mask(ct, -moving_mask_margin_mm),
+        moving,
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        0,
+        sitk.sitkUInt8,
     )
-    return fixed, moving, moving_mask
+    # Fixed mask: the registration grid less a border, where a misaligned PET runs out and the
+    # set of usable samples (hence the metric) would change with the transform.
+    fixed_mask = _field_mask(fixed, fixed_border_mm)
+    return fixed, moving, fixed_mask, moving_mask
+
+
+def _field_mask(image: sitk.Image, border_mm: float) -> sitk.Image:
+    """1 inside ``image``'s field, 0 on ``border_mm`` of its outer faces (negative widens it)."""
+    mask = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    mask.CopyInformation(image)
+    voxels = [int(np.ceil(abs(border_mm) / s)) for s in image.GetSpacing()]
+    if border_mm > 0:
+        voxels = [min(v, (n - 1) // 2) for v, n in zip(voxels, image.GetSize(), strict=True)]
+        mask = sitk.ConstantPad(sitk.Crop(mask, voxels, voxels), voxels, voxels, 0)
+    elif border_mm < 0:
+        mask = sitk.ConstantPad(mask, voxels, voxels, 1)
+    return mask
 
 
 def _initial_transform(method: str, centre: Sequence[float]) -> sitk.Transform:
@@ -128,12 +163,22 @@ def _initial_transform(method: str, centre: Sequence[float]) -> sitk.Transform:
 
 
 def _registration_method(
-    *, histogram_bins: int, sampling_fraction: float, seed: int, threads: int, moving_mask
+    *,
+    histogram_bins: int,
+    sampling_fraction: float,
+    seed: int,
+    threads: int,
+    fixed_mask,
+    moving_mask,
 ) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(histogram_bins))
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(float(sampling_fraction), int(seed))
+    if sampling_fraction < 1.0:
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(float(sampling_fraction), int(seed))
+    else:  # every voxel of the (coarse) registration grid: a smooth, deterministic metric
+        reg.SetMetricSamplingStrategy(reg.NONE)
+    reg.SetMetricFixedMask(fixed_mask)
     reg.SetMetricMovingMask(moving_mask)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetNumberOfThreads(int(threads))
@@ -167,6 +212,9 @@ def register_pet_to_ct(
     sampling_fraction: float = 0.1,
     max_iterations: int = 100,
     pet_margin_mm: float = 30.0,
+    moving_mask_margin_mm: float = 10.0,
+    fixed_border_mm: float = 0.0,
+    min_relative_improvement: float = 0.02,
     max_translation_mm: float = 20.0,
     max_rotation_deg: float = 10.0,
     seed: int = 1,
@@ -197,7 +245,17 @@ def register_pet_to_ct(
         info["timings_s"]["total"] = round(time.perf_counter() - started, 4)
         return identity, info
 
-    fixed, moving, moving_mask = _registration_images(ct, pet, pet_margin_mm)
+    _check(
+        moving_mask_margin_mm >= 0 and fixed_border_mm >= 0 and min_relative_improvement >= 0,
+        "moving_mask_margin_mm, fixed_border_mm and min_relative_improvement must be >= 0",
+    )
+    fixed, moving, fixed_mask, moving_mask = _registration_images(
+        ct,
+        pet,
+        pet_margin_mm=pet_margin_mm,
+        moving_mask_margin_mm=moving_mask_margin_mm,
+        fixed_border_mm=fixed_border_mm,
+    )
     info["registration_grid"] = {
         "fixed_size": fixed.GetSize(),
         "fixed_spacing_mm": [round(s, 4) for s in fixed.GetSpacing()],
@@ -209,6 +267,7 @@ def register_pet_to_ct(
         "sampling_fraction": sampling_fraction,
         "seed": seed,
         "threads": threads,
+        "fixed_mask": fixed_mask,
         "moving_mask": moving_mask,
     }
 
@@ -254,10 +313,11 @@ def register_pet_to_ct(
             f"refinement rejected, identity kept: it moves {translation:.1f} mm and "
             f"{rotation:.1f} deg, beyond the bounds {max_translation_mm} mm and {max_rotation_deg} deg"
         )
-    elif not info["metric_after"] < info["metric_before"]:
+    elif not info["relative_improvement"] >= max(min_relative_improvement, 1e-12):
         info["warnings"].append(
-            "refinement rejected, identity kept: it did not improve the metric "
-            f"({info['metric_before']:.5f} -> {info['metric_after']:.5f})"
+            "refinement rejected, identity kept: it did not improve the metric by "
+            f"{100 * min_relative_improvement:g}% ({info['metric_before']:.5f} -> "
+            f"{info['metric_after']:.5f})"
         )
     else:
         info["kept"] = True

@@ -194,6 +194,8 @@ def cindex_score(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float
     from sksurv.exceptions import NoComparablePairException
     from sksurv.metrics import concordance_index_censored
 
+    if len(time) < 2 or not np.asarray(event).any():  # nothing to compare
+        return float("nan")
     try:
         return float(concordance_index_censored(event.astype(bool), time, risk)[0])
     except NoComparablePairException:  # e.g. no event among the validation patients
