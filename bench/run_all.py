@@ -28,12 +28,13 @@ BENCH = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH / "results"
 SUMMARY = BENCH / "results.md"
 
-# Smaller runs for --quick; a benchmark not listed here gets --quick if its --help offers it.
+# Smaller runs for --quick, used when a benchmark's --help offers no --quick of its own and
+# lists every option given here (otherwise it runs with its defaults, said so in results.md).
 QUICK_ARGS = {
     "synth": ["--default-patients", "4", "--realistic-patients", "1"],
     "ingest": ["--repeats", "2"],
     "register": ["--patients", "3"],
-    "segment": ["--synthetic", "1"],
+    "segment": ["--default", "1", "--tiny", "2"],
     "train": ["--steps", "2"],
     "pipeline": ["--quick"],
     "quality": shlex.split(
@@ -48,19 +49,21 @@ def topics() -> list[str]:
 
 
 def quick_args(topic: str, script: Path) -> list[str]:
-    if topic in QUICK_ARGS:
-        return QUICK_ARGS[topic]
     help_text = subprocess.run(
         [sys.executable, str(script), "--help"], capture_output=True, text=True, check=False
     ).stdout
-    return ["--quick"] if "--quick" in help_text else []
+    if "--quick" in help_text:
+        return ["--quick"]
+    args = QUICK_ARGS.get(topic, [])
+    options = [arg for arg in args if arg.startswith("--")]
+    return args if all(option in help_text for option in options) else []
 
 
 def run_one(topic: str, quick: bool) -> dict:
     script = BENCH / f"bench_{topic}.py"
     args = quick_args(topic, script) if quick else []
     print(f"== {topic}: {script.name} {' '.join(args)}", flush=True)
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     with tempfile.TemporaryFile(mode="w+") as log:
         result = subprocess.run(
             [sys.executable, str(script), *args],
@@ -76,6 +79,7 @@ def run_one(topic: str, quick: bool) -> dict:
     print(f"   {status} in {seconds:.0f} s", flush=True)
     return {
         "topic": topic,
+        "started": started,
         "args": args,
         "status": status,
         "seconds": seconds,
@@ -153,9 +157,9 @@ def summary(runs: list[dict], quick: bool, started: str, seconds: float) -> str:
                 "```",
                 "",
             ]
-        files = topic_files(run["topic"])
+        files = [p for p in topic_files(run["topic"]) if p.stat().st_mtime >= run["started"]]
         if not files:
-            lines += [f"(no bench/results/{run['topic']}.md)", ""]
+            lines += [f"(this run wrote no bench/results/{run['topic']}.md)", ""]
         for path in files:
             lines += [
                 f"From `bench/results/{path.name}`:",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,30 @@ def test_lint_and_format_are_clean(repo_dir, tmp_path):
         cwd=repo_dir,
     )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_survival_task_end_to_end(tiny_run, tmp_path):
+    """task: survival reuses the imaging stages and trains Cox models, a Cox integrator, KM curves."""
+    workdir = tmp_path / "survival"
+    workdir.mkdir()
+    shutil.copytree(tiny_run.parent / "resources", workdir / "resources")
+    for stage in ("ingest", "register", "segment", "roi"):  # keep the imaging stages only
+        shutil.copytree(tiny_run / stage, workdir / "results" / stage)
+    result = snakemake(
+        workdir,
+        "--cores",
+        "2",
+        "--config",
+        "task=survival",
+        "train={models: [ct, pet, mmtm, clinical]}",
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert "rule register:" not in result.stdout + result.stderr  # imaging not redone
+    results = workdir / "results"
+    predictions = pd.read_csv(results / "train/ct/fold0/predictions.tsv", sep="\t")
+    assert {"risk", "survival_days", "event"} <= set(predictions.columns)
+    table = pd.read_csv(results / "metrics/all.tsv", sep="\t")
+    assert {"ct", "pet", "mmtm", "clinical", "late_cox"} <= set(table.model)
+    harrell = table[table.metric == "c_harrell"].value.dropna()
+    assert len(harrell) >= 4 and harrell.between(0, 1).all()
+    assert (results / "report/figures/km.png").stat().st_size > 0

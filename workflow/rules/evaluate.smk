@@ -21,7 +21,7 @@ rule integrate:
         runtime=30,
     params:
         cfg=sections("task", "cohort", "integrate"),
-        train_dir=f"{RESULTS}/train",
+        train_dir=lambda wc, input: Path(input.submodels[0]).parents[1],
         out_dir=lambda wc, output: Path(output.done).parent,
     shell:
         "python -m lungfusion --params {params.cfg:q} integrate --name {wildcards.integrator}"

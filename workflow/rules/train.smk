@@ -16,7 +16,7 @@ rule splits:
         mem_mb=1000,
         runtime=5,
     params:
-        cfg=sections("cohort", "splits"),
+        cfg=sections("task", "cohort", "splits"),
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
     shell:
         "python -m lungfusion --params {params.cfg:q} splits --sample-sheet {input.sheet:q}"
