@@ -44,6 +44,7 @@ DEFAULT_WORKDIR = REPO / "bench" / "_work" / "quality"
 FUSION_MODELS = ("early", "late", "single_stage", "multistage", "mmtm", "sfsa")
 TABLE_MODELS = ("clinical", "clinical_net", "mmcaf", "clinical_logistic", "clinical_cox")
 CRITERION = 0.9
+PER_PATIENT_RULES = ("ingest", "register", "segment", "roi")
 
 
 def parse_args() -> argparse.Namespace:
@@ -137,13 +138,19 @@ def snakemake(
 # --- reading the results ------------------------------------------------------------------------
 
 
-def benchmark_seconds(results: Path) -> dict[str, float]:
-    """Summed job seconds per rule, and per model for the training rules ('train/<model>')."""
+def benchmark_seconds(results: Path, patients: set[str]) -> dict[str, float]:
+    """Summed job seconds per rule, and per model for the training rules ('train/<model>').
+
+    Per-patient files of patients outside the cohort (left by an earlier, larger run in the
+    same workdir) are not counted.
+    """
     totals: dict[str, float] = {}
     root = results / "benchmarks"
     for path in sorted(root.rglob("*.tsv")):
         parts = path.relative_to(root).parts
         key = parts[0].removesuffix(".tsv")
+        if key in PER_PATIENT_RULES and path.stem not in patients:
+            continue
         if key in ("train", "sfsa"):
             key = f"train/{parts[1]}" if key == "train" else "train/sfsa"
         with path.open() as handle:
@@ -195,7 +202,7 @@ def model_reads(model: str, submodels: list[str]) -> set[str]:
     return set(required_modalities(model))
 
 
-def roi_coverage(results: Path, synthetic_dir: Path) -> dict:
+def roi_coverage(results: Path, synthetic_dir: Path, patients: set[str]) -> dict:
     """How often the ROI box holds the true tumour (ground-truth latents vs the roi sidecars).
 
     Points checked per patient: the tumour centre, the centres of the dense CT component and of
@@ -207,7 +214,9 @@ def roi_coverage(results: Path, synthetic_dir: Path) -> dict:
     for sidecar in sorted((results / "roi").glob("*.json")):
         roi = json.loads(sidecar.read_text())
         truth_path = synthetic_dir / "ground_truth" / roi.get("patient", "") / "latents.json"
-        if roi.get("status", "ok") != "ok" or not truth_path.is_file():
+        if roi.get("patient") not in patients or roi.get("status", "ok") != "ok":
+            continue
+        if not truth_path.is_file():
             continue
         truth = json.loads(truth_path.read_text())
         tumour, label = truth["tumour"], truth["latents"]["label"]
@@ -244,7 +253,7 @@ def quality_rows(results: Path, synthetic_dir: Path, config: dict) -> tuple[list
         oracle[column] = oracle[column].astype(float)
     oracle_json = json.loads((synthetic_dir / "ground_truth" / "oracle.json").read_text())
     positive = config["cohort"]["classes"][-1]
-    seconds = benchmark_seconds(results)
+    seconds = benchmark_seconds(results, set(oracle.patient_id))
     submodels = list(config.get("integrate", {}).get("submodels", ["ct", "pet", "clinical"]))
     rows = []
     for model in dict.fromkeys(metrics.model):
@@ -276,7 +285,7 @@ def quality_rows(results: Path, synthetic_dir: Path, config: dict) -> tuple[list
             }
         )
     extra = {"oracle_json": oracle_json, "seconds": seconds}
-    extra["coverage"] = roi_coverage(results, synthetic_dir)
+    extra["coverage"] = roi_coverage(results, synthetic_dir, set(oracle.patient_id))
     return rows, extra
 
 

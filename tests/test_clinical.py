@@ -262,3 +262,20 @@ def test_train_command_fits_a_clinical_cox_model(tmp_path):
     assert list(predictions.columns) == ["patient_id", "fold", "risk", "survival_days", "event"]
     assert np.isfinite(predictions.risk).all()
     assert "val_cindex" in pd.read_csv(out / "history.tsv", sep="\t").columns
+
+
+def test_clinical_model_on_one_class_predicts_the_prior():
+    from lungfusion.evaluation.clinical import fit_predict_clinical
+
+    sheet = pd.DataFrame(
+        {
+            "patient_id": ["a", "b", "c", "d"],
+            "label": ["ADC", "ADC", "ADC", "SQC"],
+            "age": ["60", "70", "65", "80"],
+            "sex": ["M", "F", "M", "F"],
+        }
+    )
+    scored = fit_predict_clinical(
+        sheet, fit_ids=["a", "b", "c"], score_ids=["d"], task="classification", classes=["ADC", "SQC"]
+    )
+    assert scored.loc[0, "prob_ADC"] == 1.0 and scored.loc[0, "prob_SQC"] == 0.0

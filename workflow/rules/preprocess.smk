@@ -5,7 +5,9 @@
 
 rule ingest:
     input:
-        series=f"{RESULTS}/ingest/series.tsv",
+        # ancient: re-indexing (e.g. a patient added to the sheet) must not redo every patient;
+        # after changing a patient's series choice, rerun it with -R ingest.
+        series=ancient(f"{RESULTS}/ingest/series.tsv"),
     output:
         done=f"{RESULTS}/ingest/{{pid}}/ingest.json",
     log:

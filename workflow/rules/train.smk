@@ -4,6 +4,7 @@
 rule splits:
     input:
         sheet=SAMPLE_SHEET,
+        series=f"{RESULTS}/ingest/series.tsv",
         rois=per_patient("{results}/roi/{pid}.json"),
     output:
         folds=f"{RESULTS}/splits/folds.tsv",

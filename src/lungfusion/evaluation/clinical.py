@@ -16,12 +16,14 @@ scaling and encoding are fit on a fold's training patients only, inside :class:`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.linear_model import LogisticRegression
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.util import Surv
@@ -29,6 +31,7 @@ from sksurv.util import Surv
 from lungfusion.clinical import fit_preprocessor, parse_clinical_table, transform_features
 
 TASKS = ("classification", "survival")
+log = logging.getLogger(__name__)
 
 
 def clinical_features(sheet: pd.DataFrame) -> pd.DataFrame:
@@ -79,16 +82,24 @@ def fit_clinical_model(
         known = fit["label"].isin(classes).to_numpy()
         target = fit["label"][known].map({c: i for i, c in enumerate(classes)}).to_numpy(int)
         if len(np.unique(target)) < 2:
-            raise ValueError("the clinical model needs both classes among its training patients")
-        estimator = LogisticRegression(C=C, solver="newton-cg", max_iter=1000)
+            # a tiny fold can hold one class only: predict its prior instead of stopping the run
+            log.warning(
+                "one class among the clinical model's training patients: predicting the prior"
+            )
+            estimator = DummyClassifier(strategy="prior")
+        else:
+            estimator = LogisticRegression(C=C, solver="newton-cg", max_iter=1000)
     else:
         days = pd.to_numeric(fit["survival_days"], errors="coerce")
         event = pd.to_numeric(fit["event"], errors="coerce")
         known = (days.notna() & event.notna()).to_numpy()
         if not (event[known] > 0).any():
-            raise ValueError("the clinical Cox model needs at least one event to fit")
-        target = Surv.from_arrays(event=event[known] > 0, time=days[known].astype(float))
-        estimator = CoxPHSurvivalAnalysis(alpha=alpha)
+            log.warning("no event among the clinical Cox model's training patients: constant risk")
+            target = np.zeros(int(known.sum()))
+            estimator = DummyRegressor(strategy="constant", constant=0.0)
+        else:
+            target = Surv.from_arrays(event=event[known] > 0, time=days[known].astype(float))
+            estimator = CoxPHSurvivalAnalysis(alpha=alpha)
     parsed = parse_clinical_table(fit[known])
     preprocessor = fit_preprocessor(parsed, columns=columns)
     estimator.fit(transform_features(preprocessor, parsed), target)
