@@ -62,12 +62,14 @@ def read_samples():
 
 
 def patient_ids():
-    samples = read_samples()
-    if samples is not None:
-        return list(samples["patient_id"])
-    from lungfusion.synth.ids import patient_ids as synthetic_ids
+    if SYNTHETIC:
+        # The generated sheet may be stale (n_patients changed); the synth rule's params
+        # change with it, so the cohort is regenerated for exactly these IDs.
+        from lungfusion.synth.ids import patient_ids as synthetic_ids
 
-    return synthetic_ids(config["synthetic"]["n_patients"])
+        read_samples()  # still checks a sheet that exists
+        return synthetic_ids(config["synthetic"]["n_patients"])
+    return list(read_samples()["patient_id"])
 
 
 PATIENTS = patient_ids()
