@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from lungfusion.commands import roi as roi_command
 from lungfusion.imaging import roi as roi_lib
@@ -88,6 +89,61 @@ def test_ct_only_falls_back_to_the_region_centre():
     assert arrays["lungs"].all()  # the box sits inside the central region block
     first, last = grid.corner_index(ct)
     assert (first[0] + last[0]) / 2 == pytest.approx(24.5, abs=0.5)
+
+
+def chest(spacing=(2.0, 2.0, 3.0)):
+    """Two lung blocks (labels 1, 2) in soft tissue, a 'heart' between them, a 'tumour' of
+    radius 8 mm inside the right lung; returns CT, PET, region, lungs and the tumour centre."""
+    z, y, x = np.mgrid[0:20, 0:40, 0:60]
+    mm = [z * spacing[2], y * spacing[1], x * spacing[0]]
+    lungs = np.zeros(z.shape, dtype=np.uint8)
+    lungs[2:18, 8:32, 4:24] = 1  # right lung, x 8..46 mm
+    lungs[2:18, 8:32, 36:56] = 2  # left lung, x 72..110 mm
+    tumour_mm = (30.0, 40.0, 24.0)  # z, y, x: inside the right lung
+    tumour = sum((m - c) ** 2 for m, c in zip(mm, tumour_mm, strict=True)) <= 8.0**2
+    heart = ((mm[0] - 27) / 20) ** 2 + ((mm[1] - 40) / 22) ** 2 + ((mm[2] - 59) / 14) ** 2 <= 1
+    lungs[tumour] = 0  # a threshold lung mask leaves the solid tumour out
+    hu = np.where(lungs > 0, -850.0, 40.0).astype(np.float32)
+    hu[:, 20, 40:54] = 40.0  # a thin vessel across the left lung
+    suv = np.where(lungs > 0, 0.5, 1.5).astype(np.float32)
+    suv[heart] = 8.0  # the heart: larger and hotter than the tumour
+    suv[tumour] = 5.0
+    region = (ndimage.binary_dilation(lungs > 0, iterations=3) | heart).astype(np.uint8)
+    images = [_image(a, spacing=spacing) for a in (hu, suv, region, lungs)]
+    centre_index = [c / s for c, s in zip(tumour_mm[::-1], spacing, strict=True)]
+    return (*images, centre_index)
+
+
+def _contains(grid, ct, index) -> bool:
+    first, last = grid.corner_index(ct)
+    return all(a <= v <= b for a, v, b in zip(first, index, last, strict=True))
+
+
+def test_hotspot_prefers_a_tumour_by_the_lung_over_a_larger_hotter_heart():
+    ct, pet, region, lungs, tumour_index = chest()
+    suv = sitk.GetArrayViewFromImage(pet)
+    z, y, x = np.unravel_index(suv.argmax(), suv.shape)
+    assert suv[z, y, x] == 8.0  # the plain maximum would be the heart
+    grid, info = roi_lib.hotspot_grid(ct, pet, region, shape=(8, 8, 4), lungs=lungs)
+    assert info["placement"] == "pet_hotspot" and info["fallback"] is False
+    assert info["suv_max"] == 5.0 and info["hot_volume_ml"] < 5.0
+    assert np.linalg.norm(np.subtract(info["hotspot_index"], tumour_index)) <= 2.0
+    assert _contains(grid, ct, tumour_index)
+
+
+def test_ct_only_centres_on_the_soft_tissue_blob_wrapped_in_lung(tmp_path):
+    ct, _, region, lungs, tumour_index = chest()
+    grid, info = roi_lib.hotspot_grid(ct, None, region, shape=(8, 8, 4), lungs=lungs)
+    assert info["placement"] == "ct_soft_tissue" and info["fallback"] is False
+    assert np.linalg.norm(np.subtract(info["blob_centre_index"], tumour_index)) <= 1.5
+    assert _contains(grid, ct, tumour_index)
+    # the command reads lungs.nii.gz and records the placement and a warning
+    args = _stage_dirs(tmp_path, ct, None, region)
+    sitk.WriteImage(lungs, str(args.segment_dir / "lungs.nii.gz"))
+    assert roi_command.run(args, {"roi": {"shape": [8, 8, 4]}}) == 0
+    record = json.loads(args.out.with_suffix(".json").read_text())
+    assert record["placement"]["placement"] == "ct_soft_tissue"
+    assert any("soft-tissue" in w for w in record["warnings"])
 
 
 def test_lungs_strategy_resamples_the_region_bounding_box():

@@ -11,6 +11,8 @@ rule integrate:
         done=f"{RESULTS}/integrate/{{integrator}}/summary.json",
     log:
         f"{RESULTS}/logs/integrate/{{integrator}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/integrate/{{integrator}}.tsv"
     wildcard_constraints:
         integrator="late_logistic|late_cox",
     conda:

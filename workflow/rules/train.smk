@@ -10,6 +10,8 @@ rule splits:
         folds=f"{RESULTS}/splits/folds.tsv",
     log:
         f"{RESULTS}/logs/splits.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/splits.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 1

@@ -88,7 +88,7 @@ def make_roi(
     shape = tuple(int(n) for n in settings["shape"])
     warnings: list[str] = []
     with timer("place"):
-        grid, crop_used, info = _place(args, settings, ct, pet, region, shape, warnings)
+        grid, crop_used, info = _place(args, settings, ct, pet, region, lungs, shape, warnings)
     with timer("extract"):
         payload = roi_lib.extract_roi(
             ct, pet, region, grid,
@@ -104,6 +104,8 @@ def make_roi(
         )  # fmt: skip
     if pet is None and info.get("fallback"):
         warnings.append("no PET: ROI centred on the region's bounding box")
+    elif pet is None and info.get("placement") == "ct_soft_tissue":
+        warnings.append("no PET: ROI centred on the most lesion-like CT soft-tissue blob")
     return {
         "has_pet": pet is not None,
         "crop_requested": settings["crop"],
@@ -123,7 +125,7 @@ def make_roi(
     }
 
 
-def _place(args, settings, ct, pet, region, shape, warnings) -> tuple:
+def _place(args, settings, ct, pet, region, lungs, shape, warnings) -> tuple:
     crop = settings["crop"]
     if crop == "lungs":
         grid, info = roi_lib.lungs_grid(ct, region, shape=shape)
@@ -134,7 +136,7 @@ def _place(args, settings, ct, pet, region, shape, warnings) -> tuple:
             grid, info = roi_lib.annotation_grid(ct, boxes, shape=shape)
             return grid, crop, {**info, "annotation_files": used}
         warnings.append("no annotation box matched a CT slice: fell back to pet_hotspot")
-    grid, info = roi_lib.hotspot_grid(ct, pet, region, shape=shape)
+    grid, info = roi_lib.hotspot_grid(ct, pet, region, shape=shape, lungs=lungs)
     return grid, "pet_hotspot", info
 
 

@@ -7,9 +7,11 @@ Where the grid leaves the image, CT is padded with the window minimum and PET an
 
 Strategies:
 
-- ``pet_hotspot``: box of ``shape`` voxels on the CT grid centred on the SUV maximum inside
-  the region mask dilated by ``HOTSPOT_DILATION_MM`` (no PET: the centre of the region's
-  bounding box, recorded as a fallback);
+- ``pet_hotspot``: box of ``shape`` voxels on the CT grid centred on the PET hot spot that
+  is most tumour-like (a local SUV maximum near the region, weighted by how much lung
+  surrounds it, so the heart wall does not win); without PET on the most lesion-like
+  soft-tissue blob of the CT (given the lung mask), else the centre of the region's
+  bounding box, recorded as a fallback. ``info["placement"]`` names which;
 - ``lungs``: the region's bounding box resampled to ``shape`` (spacing changes per axis);
 - ``annotation``: box of ``shape`` voxels centred on the union of the PASCAL VOC boxes of
   Lung-PET-CT-Dx, placed through the ingested CT's slice list (SOPInstanceUID -> slice).
@@ -35,6 +37,14 @@ from lungfusion.errors import PatientInputError
 
 CROP_STRATEGIES = ("pet_hotspot", "lungs", "annotation")
 HOTSPOT_DILATION_MM = 10.0  # the SUV maximum may sit just outside the region mask
+HOTSPOT_SMOOTH_MM = 2.0  # Gaussian sigma: single-voxel noise must not make a peak
+HOTSPOT_LUNG_MM = 5.0  # half-side of the cube whose lung share weights a CT blob's surface
+HOTSPOT_LUNG_BIAS = 0.2  # weight of a peak with no lung around it (hilar, mediastinal nodes)
+HOTSPOT_HOT_FRACTION = 0.8  # of the peak: a focal lesion's hot volume is small, the heart's not
+HOTSPOT_CANDIDATES = 15  # distinct hot spots compared, from the hottest down
+HOTSPOT_HOT_REACH_MM = 60.0  # the hot volume is measured in a box of this half-side
+CT_LESION_HU = (-300.0, 400.0)  # soft tissue for the CT-only placement
+CT_OPEN_MM = 1.0  # opening radius that detaches vessels from a CT blob
 _COARSE_MM = 4.0  # grid of the dilation (cheap, and the hotspot search needs no more)
 NPZ_KEYS = ("ct", "pet", "lungs", "has_pet", "spacing", "origin")
 
@@ -77,27 +87,109 @@ def fixed_box_grid(
 
 
 def hotspot_grid(
-    ct: sitk.Image, pet: sitk.Image | None, region: sitk.Image, *, shape: tuple[int, int, int]
+    ct: sitk.Image,
+    pet: sitk.Image | None,
+    region: sitk.Image,
+    *,
+    shape: tuple[int, int, int],
+    lungs: sitk.Image | None = None,
 ) -> tuple[RoiGrid, dict]:
-    """Box centred on the SUV maximum inside the dilated region (centre of the region without PET)."""
+    """Box centred on the most tumour-like PET hot spot (centre of the region without PET).
+
+    Candidates are the local maxima of the lightly smoothed SUV inside the dilated region;
+    each has a hot spot (connected SUV above ``HOTSPOT_HOT_FRACTION`` x its peak) and scores
+    ``SUV peak x (lung fraction + HOTSPOT_LUNG_BIAS) / hot volume^(1/3)``. The lung fraction
+    (share of lung on the hot spot's one-voxel shell) favours lesions in or against the lung
+    over the heart wall and mediastinal uptake, which touch the lung on one side only; the
+    hot volume favours focal uptake over large hot organs such as the heart. ``lungs`` is
+    the lung mask (the region stands in for it when absent; without PET it enables the CT
+    placement of :func:`ct_lesion_centre`). ``info["placement"]`` names the method used.
+    """
     mask = sitk.GetArrayViewFromImage(region) > 0
     if not mask.any():
         raise PatientInputError("the region mask is empty: cannot place the ROI")
     if pet is None:
+        found = None if lungs is None else ct_lesion_centre(ct, region, lungs)
+        if found is not None:
+            centre, info = found
+            return fixed_box_grid(ct, centre, shape), info
         centre = _bbox_centre(mask)
-        info = {"centre_from": "region bounding box centre (no PET)", "fallback": True}
+        info = {
+            "centre_from": "region bounding box centre (no PET)",
+            "placement": "region_centre",
+            "fallback": True,
+        }
         return fixed_box_grid(ct, centre, shape), info
-    suv = sitk.GetArrayViewFromImage(pet)
-    search = _dilate_coarse(mask, np.array(ct.GetSpacing()[::-1]), HOTSPOT_DILATION_MM)
-    flat = np.where(search, suv, -np.inf).argmax()
-    z, y, x = np.unravel_index(flat, suv.shape)
+    spacing_zyx = np.array(ct.GetSpacing()[::-1])
+    lung = mask if lungs is None else sitk.GetArrayViewFromImage(lungs) > 0
+    suv = ndi.gaussian_filter(
+        sitk.GetArrayFromImage(pet).astype(np.float32), HOTSPOT_SMOOTH_MM / spacing_zyx
+    )
+    search = _dilate_coarse(mask, spacing_zyx, HOTSPOT_DILATION_MM)
+    peaks = search & (suv == ndi.maximum_filter(suv, size=3)) & (suv > 0)
+    if not peaks.any():  # flat or empty PET: the plain maximum
+        peaks = search
+    best = _best_hot_spot(suv, peaks, lung, spacing_zyx)
+    z, y, x = best["peak"]
     info = {
-        "centre_from": f"SUV maximum in the region dilated by {HOTSPOT_DILATION_MM:g} mm",
+        "centre_from": (
+            f"PET hot spot: SUV peak x (shell lung fraction + {HOTSPOT_LUNG_BIAS:g})"
+            f" / (volume above {HOTSPOT_HOT_FRACTION:g} x peak)^(1/3), among local maxima in"
+            f" the region dilated by {HOTSPOT_DILATION_MM:g} mm"
+        ),
+        "placement": "pet_hotspot",
         "fallback": False,
-        "suv_max": round(float(suv[z, y, x]), 3),
+        "suv_max": round(float(sitk.GetArrayViewFromImage(pet)[z, y, x]), 3),
+        "suv_peak_smoothed": round(float(suv[z, y, x]), 3),
+        "lung_fraction": round(best["lung_fraction"], 3),
+        "hot_volume_ml": round(best["volume_ml"], 3),
+        "candidates": best["candidates"],
         "hotspot_index": [int(x), int(y), int(z)],
     }
     return fixed_box_grid(ct, [float(x), float(y), float(z)], shape), info
+
+
+def ct_lesion_centre(
+    ct: sitk.Image, region: sitk.Image, lungs: sitk.Image
+) -> tuple[list[float], dict] | None:
+    """Centre (x, y, z index) of the most lesion-like soft-tissue blob, for CT without PET.
+
+    Soft tissue (``CT_LESION_HU``) in the region but outside the lung mask is opened by
+    ``CT_OPEN_MM`` (drops thin vessels) and split into blobs. A tumour is wrapped in lung,
+    the heart, mediastinum and chest wall touch it on one side only, so each blob scores
+    ``(mean lung fraction on its surface)^2 x volume^(1/3)``. None when there is no blob.
+    """
+    spacing_zyx = np.array(ct.GetSpacing()[::-1])
+    hu = sitk.GetArrayViewFromImage(ct)
+    lung = sitk.GetArrayViewFromImage(lungs) > 0
+    tissue = (sitk.GetArrayViewFromImage(region) > 0) & ~lung
+    tissue &= (hu >= CT_LESION_HU[0]) & (hu <= CT_LESION_HU[1])
+    radius = np.round(CT_OPEN_MM / spacing_zyx).astype(int)
+    tissue = ndi.binary_opening(tissue, structure=np.ones(2 * radius + 1, dtype=bool))
+    labels, count = ndi.label(tissue)
+    if count == 0:
+        return None
+    surface = np.where(tissue & ~ndi.binary_erosion(tissue), labels, 0)
+    index = np.arange(1, count + 1)
+    lung_fraction = np.nan_to_num(
+        np.asarray(ndi.mean(_lung_fraction(lung, spacing_zyx), labels=surface, index=index))
+    )
+    volume_ml = np.asarray(ndi.sum(tissue, labels=labels, index=index)) * spacing_zyx.prod() / 1e3
+    score = lung_fraction**2 * np.cbrt(volume_ml)
+    best = int(score.argmax())
+    z, y, x = ndi.center_of_mass(labels == best + 1)
+    info = {
+        "centre_from": (
+            "CT soft-tissue blob (no PET): (surface lung fraction)^2 x volume^(1/3), best of"
+            f" {count}"
+        ),
+        "placement": "ct_soft_tissue",
+        "fallback": False,
+        "blob_volume_ml": round(float(volume_ml[best]), 2),
+        "blob_lung_fraction": round(float(lung_fraction[best]), 3),
+        "blob_centre_index": [round(float(v), 2) for v in (x, y, z)],
+    }
+    return [float(x), float(y), float(z)], info
 
 
 def lungs_grid(
@@ -280,6 +372,51 @@ def _dilate_coarse(mask: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float) 
     for axis, factor in enumerate(factors):
         dilated = np.repeat(dilated, factor, axis=axis)
     return dilated[tuple(slice(0, n) for n in mask.shape)]
+
+
+def _best_hot_spot(
+    suv: np.ndarray, peaks: np.ndarray, lung: np.ndarray, spacing_zyx: np.ndarray
+) -> dict:
+    """The most tumour-like of the hot spots at ``peaks`` (see :func:`hotspot_grid`).
+
+    Peaks are visited from the hottest; one inside an already measured hot spot (a plateau
+    such as the heart) is skipped, so ``HOTSPOT_CANDIDATES`` distinct spots are compared.
+    """
+    covered = np.zeros(suv.shape, dtype=bool)
+    order = np.flatnonzero(peaks)
+    order = order[np.argsort(suv.ravel()[order])[::-1]]
+    best, seen = {"score": -np.inf}, 0
+    for flat in order:
+        if covered.ravel()[flat]:
+            continue
+        peak = np.unravel_index(int(flat), suv.shape)
+        box, hot = _hot_spot(suv, peak, spacing_zyx)
+        covered[box] |= hot
+        shell = ndi.binary_dilation(hot) & ~hot
+        lung_fraction = float(lung[box][shell].mean()) if shell.any() else 0.0
+        volume_ml = float(hot.sum() * spacing_zyx.prod() / 1e3)
+        score = suv[peak] * (lung_fraction + HOTSPOT_LUNG_BIAS) / np.cbrt(volume_ml)
+        if score > best["score"]:
+            best = dict(score=score, peak=peak, lung_fraction=lung_fraction, volume_ml=volume_ml)
+        seen += 1
+        if seen == HOTSPOT_CANDIDATES:
+            break
+    return {**best, "candidates": seen}
+
+
+def _hot_spot(suv: np.ndarray, peak: tuple, spacing_zyx: np.ndarray) -> tuple[tuple, np.ndarray]:
+    """The connected voxels above ``HOTSPOT_HOT_FRACTION`` x the peak's SUV, in a box."""
+    reach = np.ceil(HOTSPOT_HOT_REACH_MM / spacing_zyx).astype(int)
+    box = tuple(slice(max(0, int(c) - r), int(c) + r + 1) for c, r in zip(peak, reach, strict=True))
+    local_peak = tuple(int(c) - b.start for c, b in zip(peak, box, strict=True))
+    labels, _ = ndi.label(suv[box] >= HOTSPOT_HOT_FRACTION * suv[peak])
+    return box, labels == labels[local_peak]
+
+
+def _lung_fraction(lung: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    """Share of lung voxels in the cube of half-side ``HOTSPOT_LUNG_MM`` around each voxel."""
+    cube = np.maximum(1, 2 * np.round(HOTSPOT_LUNG_MM / spacing_zyx).astype(int) + 1)
+    return ndi.uniform_filter(lung.astype(np.float32), size=cube, mode="constant")
 
 
 def _check_shape(shape: tuple[int, int, int]) -> None:
