@@ -276,6 +276,10 @@ def test_clinical_model_on_one_class_predicts_the_prior():
         }
     )
     scored = fit_predict_clinical(
-        sheet, fit_ids=["a", "b", "c"], score_ids=["d"], task="classification", classes=["ADC", "SQC"]
+        sheet,
+        fit_ids=["a", "b", "c"],
+        score_ids=["d"],
+        task="classification",
+        classes=["ADC", "SQC"],
     )
     assert scored.loc[0, "prob_ADC"] == 1.0 and scored.loc[0, "prob_SQC"] == 0.0

@@ -60,7 +60,15 @@ def batch_for(name: str, batch_size: int = 2, *, seed: int = 0) -> dict:
 
 def test_registry_lists_every_model():
     assert set(MODEL_NAMES) == {
-        "ct", "pet", "early", "late", "single_stage", "multistage", "mmtm", "mmcaf", "clinical_net"
+        "ct",
+        "pet",
+        "early",
+        "late",
+        "single_stage",
+        "multistage",
+        "mmtm",
+        "mmcaf",
+        "clinical_net",
     }
     assert required_modalities("mmcaf") == {"ct", "tab"}
     assert required_modalities("clinical_net") == {"tab"}
