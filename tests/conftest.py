@@ -21,3 +21,12 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_dir() -> Path:
     return REPO
+
+
+def dcm2niix_path() -> str | None:
+    """dcm2niix from the PyPI package: beside this Python (venv not activated) or on PATH."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).with_name("dcm2niix")
+    return str(beside) if beside.exists() else shutil.which("dcm2niix")

@@ -6,7 +6,6 @@ Real fixtures from ../shared/fixtures; odd cases are derived from them in tmp di
 from __future__ import annotations
 
 import copy
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import dcm2niix_path
 from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLSLossless,
@@ -78,9 +78,9 @@ def test_lung1_geometry_equals_simpleitk_series_reader(fixtures_dir, lung1_image
 
 
 def test_lung1_geometry_equals_dcm2niix(fixtures_dir, lung1_image, tmp_path):
-    dcm2niix = shutil.which("dcm2niix")
+    dcm2niix = dcm2niix_path()
     if dcm2niix is None:
-        pytest.skip("dcm2niix not on PATH")
+        pytest.skip("dcm2niix (PyPI package) not installed")
     subprocess.run(
         [
             dcm2niix,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import dcm2niix_path
 
 from lungfusion.synth import generate_cohort
 from lungfusion.synth.anatomy import HU
@@ -172,7 +172,7 @@ def _corners(image: sitk.Image) -> np.ndarray:
     return np.array(sorted(image.TransformIndexToPhysicalPoint(p) for p in idx))
 
 
-@pytest.mark.skipif(shutil.which("dcm2niix") is None, reason="dcm2niix not on PATH")
+@pytest.mark.skipif(dcm2niix_path() is None, reason="dcm2niix (PyPI package) not installed")
 def test_dcm2niix_gives_the_same_geometry(cohort, tmp_path):
     pid = next(p for p in patient_ids(N_PATIENTS) if _truth(cohort, p)["has_pet"])
     for role in ("ct", "pet"):
@@ -180,7 +180,7 @@ def test_dcm2niix_gives_the_same_geometry(cohort, tmp_path):
         out = tmp_path / role
         out.mkdir()
         subprocess.run(
-            ["dcm2niix", "-z", "y", "-b", "n", "-f", role, "-o", str(out), str(folder)],
+            [dcm2niix_path(), "-z", "y", "-b", "n", "-f", role, "-o", str(out), str(folder)],
             check=True,
             capture_output=True,
         )
