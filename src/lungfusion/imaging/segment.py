@@ -10,8 +10,8 @@ Classical pipeline on a CT in HU (any voxel spacing; sizes are given in mm):
    stops before the growth leaks into the parenchyma;
 5. split left and right (the two large components; eroded apart if they touch) and label
    them 1 = right, 2 = left by their physical x (LPS: +x is the patient's left);
-6. close each lung with a small ball (``closing_mm``) and fill holes per slice up to a
-   vessel's size (larger holes are tumours, which are not lung).
+6. close each lung in-plane with a small disk (``closing_mm``) and fill holes per slice up to
+   a vessel's size (larger holes are tumours, which are not lung), but not with bone.
 
 The lung mask excludes tumours that are not air-filled, so cropping uses a second mask,
 :func:`tumour_inclusive_region`: each lung closed on its own with a large ball, which fills
@@ -50,6 +50,7 @@ _TRACHEA_AREA_MM2 = (10.0, 1200.0)  # cross-section of the trachea at the top of
 _AIRWAY_MAX_ML = 250.0  # airway tree grown beyond this has leaked into the lungs
 _AIRWAY_MAX_FRACTION = 0.05  # ... or beyond this fraction of the air inside the body
 _MAX_HOLE_MM2 = 150.0  # per-slice holes up to this area are vessels; larger ones tumours
+_BONE_HU = 150.0  # holes and closings denser than this are bone (synthetic ribs), not vessels
 _COARSE_MM = 4.0  # grid of the large closing in tumour_inclusive_region
 
 
@@ -80,8 +81,9 @@ def segment_lungs(
     info["airway_ml"] = round(float(airways.sum()) * voxel_ml, 1)
     lungs_mask = candidates & ~_dilate_small(airways)
     right, left = _split_left_right(lungs_mask, ct, bbox, info)
-    right = _smooth(right, closing_mm, spacing)
-    left = _smooth(left, closing_mm, spacing) & ~right
+    not_bone = np.asarray(hu[bbox]) < _BONE_HU
+    right = _smooth(right, closing_mm, spacing) & not_bone
+    left = _smooth(left, closing_mm, spacing) & not_bone & ~right
 
     labels = np.zeros(hu.shape, dtype=np.uint8)
     labels[bbox][right] = RIGHT_LUNG
@@ -125,8 +127,8 @@ def tumour_inclusive_region(ct: sitk.Image, lungs: sitk.Image, *, margin_mm: flo
     region[box] |= added
     # the coarse grid's stair steps leave gaps through which a tumour's per-slice hole leaks:
     # close them in-plane (half a coarse voxel) before filling the holes
-    disk = _ball(_COARSE_MM / 2, np.array([np.inf, spacing[1], spacing[2]]))  # in-plane
-    closed = ndi.binary_erosion(ndi.binary_dilation(region[box], disk), disk, border_value=1)
+    radius = np.floor(_COARSE_MM / 2 / spacing[1:]).astype(int)
+    closed = _disk_closing(region[box], radius)
     region[box] = _fill_holes(closed)
     return _like(region.astype(np.uint8), ct)
 
@@ -251,9 +253,17 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _inside_body(air: np.ndarray) -> np.ndarray:
-    """Air not connected, within its axial slice, to the slice border."""
-    labels, enclosed = _enclosed_in_slices(air)
-    return enclosed[labels]
+    """Air not connected, within its axial slice, to the slice border.
+
+    Labelled within the in-plane box of everything denser than air: outside that box all is
+    air joined to the slice border, so touching the box's border means touching the slice's."""
+    inside = np.zeros_like(air)
+    box = _bounding_box(~air, pad=1)
+    if box is not None:
+        box = (slice(None), *box[1:])
+        labels, enclosed = _enclosed_in_slices(air[box])
+        inside[box] = enclosed[labels]
+    return inside
 
 
 def _large_components(mask: np.ndarray, info: dict) -> np.ndarray:
@@ -293,15 +303,16 @@ def _airways(
         grown_image = sitk.ConnectedThreshold(
             masked, seedList=[seed_xyz], lower=-32768, upper=threshold - 1, replaceValue=1
         )
-        grown = sitk.GetArrayViewFromImage(grown_image).astype(bool)
-        if grown.sum() > max_voxels or (
-            best.any() and grown.sum() > 2.5 * best.sum() and best.sum() * voxel_ml > 20
+        grown = sitk.GetArrayFromImage(grown_image)  # uint8: counted without a copy to bool
+        size, best_size = np.count_nonzero(grown), np.count_nonzero(best)
+        if size > max_voxels or (
+            best_size and size > 2.5 * best_size and best_size * voxel_ml > 20
         ):
             break
         best, best_threshold = grown, float(threshold)
     if best_threshold is None:
         warnings.append("airway region growing leaked at every threshold: airways not removed")
-    return best, best_threshold
+    return best.astype(bool), best_threshold
 
 
 def _trachea_seed(
@@ -409,23 +420,48 @@ def _physical_x(mask: np.ndarray, ct: sitk.Image, bbox: tuple[slice, ...]) -> fl
 
 
 def _smooth(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Closing with a ball of ``radius_mm``, then per-slice filling of small holes."""
-    radius = np.floor(radius_mm / spacing + 0.5).astype(int)
+    """In-plane closing with a disk of ``radius_mm``, then per-slice filling of small holes.
+
+    In-plane, because a ball reaching the next slice bridges the synthetic ribs that notch
+    the lung surface, and real lungs gain nothing from it (LUNG1-001: Dice 0.9800 with the
+    disk, 0.9793 with a ball)."""
+    radius = np.floor(radius_mm / spacing[1:] + 0.5).astype(int)
     box = _bounding_box(mask, pad=int(radius.max()) + 1)
     if box is None:
         return mask
     smooth = np.zeros_like(mask)
-    part = mask[box]
-    if radius.any():
-        # ITK's ball: a Euclidean ball in mm (scipy's, as fast) bridges the synthetic ribs
-        # that lie on the lung surface more often and costs 0.5-1% Dice there
-        image = sitk.GetImageFromArray(part.astype(np.uint8))
-        kernel = [int(r) for r in radius[::-1]]  # SimpleITK wants x, y, z
-        closed = sitk.BinaryMorphologicalClosing(image, kernel, sitk.sitkBall, 1, True)
-        part = sitk.GetArrayViewFromImage(closed).astype(bool)
+    part = _disk_closing(mask[box], radius)
     max_hole_voxels = _MAX_HOLE_MM2 / float(spacing[1] * spacing[2])
     smooth[box] = _fill_small_holes(part, max_hole_voxels)
     return smooth
+
+
+def _disk_closing(mask: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Closing of each slice with the disk of ``radius`` (y, x voxels), as if the array were
+    padded with background (like ITK's safe border)."""
+    ry, rx = (int(r) + 1 for r in radius)
+    padded = np.pad(mask, [(0, 0), (ry, ry), (rx, rx)])
+    closed = ~_disk_dilation(~_disk_dilation(padded, radius), radius)
+    return closed[:, ry:-ry, rx:-rx]
+
+
+def _disk_dilation(mask: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Dilation of each slice by ITK's ball of ``radius`` (y, x voxels): the ellipse with
+    semi-axes ``radius + 0.5``, as rows of a growing width (many times faster than scipy's
+    or ITK's dilation with the same disk)."""
+    ry, rx = (int(r) for r in radius)
+    rows = [mask]  # rows[w]: dilated along x by w voxels
+    for _ in range(rx):
+        wider = rows[-1].copy()
+        wider[..., 1:] |= rows[-1][..., :-1]
+        wider[..., :-1] |= rows[-1][..., 1:]
+        rows.append(wider)
+    dilated = rows[rx].copy()
+    for dy in range(1, ry + 1):
+        width = int(np.floor((rx + 0.5) * np.sqrt(max(0.0, 1 - (dy / (ry + 0.5)) ** 2))))
+        dilated[:, dy:] |= rows[width][:, :-dy]
+        dilated[:, :-dy] |= rows[width][:, dy:]
+    return dilated
 
 
 def _fill_small_holes(mask: np.ndarray, max_voxels: float) -> np.ndarray:
@@ -453,26 +489,31 @@ def _enclosed_in_slices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, enclosed
 
 
-def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Voxels within ``radius_mm`` of the centre (a single voxel below one voxel's size)."""
-    reach = np.floor(radius_mm / spacing).astype(int)
-    grid = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
-    squared = np.zeros(tuple(2 * reach + 1))
-    for g, s, r in zip(grid, spacing, reach, strict=True):
-        if r:  # an axis too coarse for the ball (or infinite spacing: a disk) adds nothing
-            squared = squared + (g * s) ** 2
-    return squared <= radius_mm**2 + 1e-6
-
-
 def _closing_within(
     mask: np.ndarray, radius_mm: float, within_mm: float, spacing: np.ndarray
 ) -> np.ndarray:
-    """Closing with a Euclidean ball (two distance transforms), kept within ``within_mm``."""
-    pad = int(np.ceil(radius_mm / spacing.min())) + 1
-    padded = np.pad(mask, pad)
+    """Closing with a Euclidean ball (two distance transforms), kept within ``within_mm``;
+    computed on the mask's own box, padded just enough for the ball."""
+    reach = np.ceil(radius_mm / spacing).astype(int) + 1
+    box = _bounding_box(mask, pad=0)
+    result = np.zeros_like(mask)
+    if box is None:
+        return result
+    padded = np.pad(mask[box], [(r, r) for r in reach])
     distance = ndi.distance_transform_edt(~padded, sampling=spacing)
     closed = ndi.distance_transform_edt(distance <= radius_mm, sampling=spacing) > radius_mm
-    return (closed & (distance <= within_mm))[(slice(pad, -pad),) * 3]
+    closed &= distance <= within_mm
+    # the part of the padded box that lies inside the array
+    inner = tuple(
+        slice(r - min(r, b.start), r + (b.stop - b.start) + min(r, n - b.stop))
+        for r, b, n in zip(reach, box, mask.shape, strict=True)
+    )
+    outer = tuple(
+        slice(b.start - min(r, b.start), b.stop + min(r, n - b.stop))
+        for r, b, n in zip(reach, box, mask.shape, strict=True)
+    )
+    result[outer] = closed[inner]
+    return result
 
 
 def _downsample_any(mask: np.ndarray, factors: np.ndarray) -> np.ndarray:
