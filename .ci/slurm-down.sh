@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stop the daemons that .ci/slurm-up.sh started (and only those), using its pid files.
-# Daemons it found already running were never recorded there, so they are left alone.
+# Stop the daemons that .ci/slurm-up.sh started (and only those), using its pid files, and
+# remove the config files it wrote. Daemons it found already running were never recorded
+# there, so they and their config are left alone.
 set -uo pipefail
 
 STARTED=/run/lungfusion-slurm/started
@@ -32,4 +33,17 @@ stop_one() {
 stop_one slurmd
 stop_one slurmctld
 stop_one munged
+
+# A slurm.conf naming a stopped controller makes every scontrol call (and so every Snakemake
+# start, through the SLURM executor plugin) wait for its timeout: remove what slurm-up wrote.
+MARKER="# written by lungfusion .ci/slurm-up.sh"
+if [[ -f "$STARTED/config" ]]; then
+    for file in /etc/slurm/slurm.conf /etc/slurm/gres.conf; do
+        if [[ -f "$file" ]] && grep -qF "$MARKER" "$file"; then
+            rm -f "$file"
+            say "removed $file"
+        fi
+    done
+    rm -f "$STARTED/config"
+fi
 exit 0

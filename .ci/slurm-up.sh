@@ -9,7 +9,7 @@
 # - Accounting is off: use `squeue` as the executor's status command.
 # - Idempotent: if the cluster it started is still up, it only checks it.
 # - Every daemon it starts gets a pid file under $STATE_RUN/started/; .ci/slurm-down.sh stops
-#   only those. Its state, spool and pid folders are its own (never shared with another cluster).
+#   only those, and removes the config files if this script wrote them. Its state, spool and pid folders are its own (never shared with another cluster).
 #
 # Exit status: 0 when the node is idle and accepting jobs; non-zero with a message otherwise.
 # Environment overrides: LUNGFUSION_SLURM_CPUS (default: max(nproc, 4)),
@@ -144,6 +144,10 @@ PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$host MaxTime=INFINITE State=UP
 EOF
     mv "$CONF.tmp" "$CONF"
+    # .ci/slurm-down.sh removes the config with the daemons: a slurm.conf naming a stopped
+    # controller makes every `scontrol` wait, and the SLURM executor plugin runs one at import,
+    # so every later Snakemake command would pay its 10 s timeout.
+    touch "$STARTED/config"
     cat >"$CONF_DIR/gres.conf" <<EOF
 $MARKER
 # Fake GPUs: any existing device files will do, nothing is bound to them.

@@ -160,14 +160,23 @@ def summary(runs: list[dict], quick: bool, started: str, seconds: float) -> str:
         files = [p for p in topic_files(run["topic"]) if p.stat().st_mtime >= run["started"]]
         if not files:
             lines += [f"(this run wrote no bench/results/{run['topic']}.md)", ""]
-        for path in files:
-            lines += [
-                f"From `bench/results/{path.name}`:",
-                "",
-                demote(path.read_text().strip()),
-                "",
-            ]
+        lines += topic_tables(files)
+    earlier = [t for t in topics() if t not in {r["topic"] for r in runs} and topic_files(t)]
+    for topic in earlier:  # not run this time (--only): the tables of its last run
+        files = topic_files(topic)
+        when = time.strftime(
+            "%Y-%m-%d %H:%M", time.localtime(max(p.stat().st_mtime for p in files))
+        )
+        lines += [f"## {topic} (not run this time: its tables from {when})", ""]
+        lines += topic_tables(files)
     return "\n".join(lines)
+
+
+def topic_tables(files: list[Path]) -> list[str]:
+    lines = []
+    for path in files:
+        lines += [f"From `bench/results/{path.name}`:", "", demote(path.read_text().strip()), ""]
+    return lines
 
 
 def main() -> int:
