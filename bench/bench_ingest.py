@@ -56,7 +56,8 @@ def main() -> int:
     from lungfusion.ingest.series import read_ct_series  # noqa: PLC0415
 
     files = sorted(CT.glob("*.dcm"))
-    dcm2niix = shutil.which("dcm2niix")
+    beside = Path(sys.executable).with_name("dcm2niix")  # the venv's, when not activated
+    dcm2niix = str(beside) if beside.exists() else shutil.which("dcm2niix")
 
     def simpleitk_reader():
         reader = sitk.ImageSeriesReader()

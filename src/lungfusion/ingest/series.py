@@ -39,6 +39,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from scipy import ndimage
 
 from lungfusion.errors import PatientInputError
+from lungfusion.ingest.native import read_native_header
 from lungfusion.ingest.suv import suv_factor
 
 log = logging.getLogger(__name__)
@@ -131,17 +132,35 @@ def _native_layout(ds: Dataset) -> tuple[np.dtype, int] | None:
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
         return None
-    if int(ds.get("NumberOfFrames", 1) or 1) != 1 or "PerFrameFunctionalGroupsSequence" in ds:
+    if "PerFrameFunctionalGroupsSequence" in ds:
         return None
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    return _pixel_layout({key: ds.get(key) for key in _LAYOUT_TAGS})
+
+
+_LAYOUT_TAGS = (
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "Rows",
+    "Columns",
+)
+
+
+def _pixel_layout(tags: dict) -> tuple[np.dtype, int] | None:
+    """(dtype, BitsStored) when the pixel tags describe single-frame MONOCHROME2 pixels that
+    need no decoding or sign extension; None otherwise."""
+    if int(tags.get("NumberOfFrames") or 1) != 1 or int(tags.get("SamplesPerPixel") or 1) != 1:
         return None
-    if str(ds.get("PhotometricInterpretation", "")).strip() != "MONOCHROME2":
+    if str(tags.get("PhotometricInterpretation") or "").strip() != "MONOCHROME2":
         return None  # MONOCHROME1 is inverted by _decode
-    bits, stored = int(ds.get("BitsAllocated", 0)), int(ds.get("BitsStored", 0))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    bits, stored = int(tags.get("BitsAllocated") or 0), int(tags.get("BitsStored") or 0)
+    signed = int(tags.get("PixelRepresentation") or 0) == 1
     if bits not in (8, 16, 32) or (signed and stored != bits):
         return None  # sign extension: leave it to pydicom
-    if "Rows" not in ds or "Columns" not in ds:
+    if not tags.get("Rows") or not tags.get("Columns"):
         return None
     return np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<"), stored
 
@@ -298,10 +317,63 @@ def _file_slices(path: str, where: _Where, buffer: _SliceBuffer) -> tuple[list[S
     return slices, ds
 
 
+def _native_slice(path: str, buffer: _SliceBuffer) -> Slice | None:
+    """The slice of a common-case file (uncompressed, single frame, greyscale) read with the
+    minimal header reader, or None: the caller then reads the file with pydicom."""
+    try:
+        with open(path, "rb") as fp:
+            header = read_native_header(fp)
+            tags = header.values if header is not None else {}
+            layout = _pixel_layout(tags) if _native_geometry_usable(tags) else None
+            if layout is None:
+                return None
+            dtype, stored = layout
+            shape = (tags["Rows"], tags["Columns"])
+            nbytes = shape[0] * shape[1] * dtype.itemsize
+            end = header.pixel_offset + nbytes
+            if header.pixel_length < nbytes or os.fstat(fp.fileno()).st_size < end:
+                return None  # truncated: pydicom's reading names it
+            pixels = buffer.take(shape, dtype)
+            pixels, value_range = _read_native(fp, header.pixel_offset, pixels, stored)
+    except (OSError, EOFError):
+        return None
+    orientation = np.asarray(tags["ImageOrientationPatient"], dtype=float)
+    return Slice(
+        file=path,
+        frame=None,
+        sop_uid=tags.get("SOPInstanceUID", ""),
+        position=np.asarray(tags["ImagePositionPatient"], dtype=float),
+        row_dir=orientation[:3],
+        col_dir=orientation[3:],
+        pixel_spacing=tags["PixelSpacing"],
+        slope=float((tags.get("RescaleSlope") or (1.0,))[0] or 1),
+        intercept=float((tags.get("RescaleIntercept") or (0.0,))[0] or 0),
+        pixels=pixels,
+        value_range=value_range,
+    )
+
+
+def _native_geometry_usable(tags: dict) -> bool:
+    """Geometry and rescale as the pydicom path would accept them (else it names the tag)."""
+    geometry = (("ImagePositionPatient", 3), ("ImageOrientationPatient", 6), ("PixelSpacing", 2))
+    if any(len(tags.get(key) or ()) != n for key, n in geometry):
+        return False
+    if not all(np.all(np.isfinite(tags[key])) for key, _ in geometry):
+        return False
+    rescale = (tags.get(key) for key in ("RescaleSlope", "RescaleIntercept"))
+    return all(value is None or len(value) == 1 for value in rescale)
+
+
 def load_slices(
-    files: Sequence[str | Path], *, patient: str | None = None, series: str | None = None
+    files: Sequence[str | Path],
+    *,
+    patient: str | None = None,
+    series: str | None = None,
+    all_headers: bool = True,
 ) -> tuple[list[Slice], list[Dataset]]:
-    """Read every file; return its slices and its datasets (without pixel data)."""
+    """Read every file; return its slices and the pydicom datasets (without pixel data) of
+    the files read with pydicom: every file with ``all_headers``, else the first file and any
+    file the minimal header reader leaves to pydicom (about 5 times faster on a CT series)."""
     where = _Where(patient, series)
     if not files:
         raise where.error("series has no files")
@@ -309,7 +381,11 @@ def load_slices(
     datasets: list[Dataset] = []
     buffer = _SliceBuffer(len(files))
     with _gc_paused():
-        for path in files:
+        for index, path in enumerate(files):
+            native = None if all_headers or index == 0 else _native_slice(str(path), buffer)
+            if native is not None:
+                slices.append(native)
+                continue
             file_slices, ds = _file_slices(str(path), where, buffer)
             slices.extend(file_slices)
             datasets.append(ds)
@@ -609,7 +685,9 @@ def read_ct_series(
     >>> info["slices"][0]  # doctest: +SKIP
     {'sop_instance_uid': '1.3.6...', 'frame': None, 'index': 0}
     """
-    slices, datasets = load_slices(files, patient=patient, series=series)
+    # only the first file's header is kept whole: the CT needs no per-file header beyond the
+    # slice geometry and rescale (the PET's SUV rules read every file's times)
+    slices, datasets = load_slices(files, patient=patient, series=series, all_headers=False)
     image, info = build_volume(
         slices,
         spacing_tolerance_mm=spacing_tolerance_mm,
