@@ -2,16 +2,20 @@
 
 Classical pipeline on a CT in HU (any voxel spacing; sizes are given in mm):
 
-1. threshold below ``threshold_hu`` (air and lung parenchyma);
+1. threshold below ``threshold_hu`` (air and lung parenchyma), less ground glass (-600 HU up
+   to the threshold, in regions at least 3 x 3 voxels wide and two slices deep: a tumour's
+   rim, not lung; it also keeps such a rim at the pleura from joining lung and outside air);
 2. drop the air outside the body: per axial slice, air connected to the slice border;
 3. keep the large 3D components (26-connectivity: 6-connectivity cuts lung apices off), and
-   pieces of lung that a large tumour cuts off (bowel and stomach gas are much smaller);
+   pieces of lung that a large tumour cuts off (bowel and stomach gas are much smaller), if
+   they lie inside the body (the largest 3D component of non-air: not the CT table's air);
 4. remove the airways by region growing from the trachea with an adaptive threshold that
    stops before the growth leaks into the parenchyma;
 5. split left and right (the two large components; eroded apart if they touch) and label
    them 1 = right, 2 = left by their physical x (LPS: +x is the patient's left);
 6. close each lung in-plane with a small disk (``closing_mm``) and fill holes per slice up to
-   a vessel's size (larger holes are tumours, which are not lung), but not with bone.
+   a vessel's size (larger holes are tumours, which are not lung), but not with bone or
+   ground glass.
 
 The lung mask excludes tumours that are not air-filled, so cropping uses a second mask,
 :func:`tumour_inclusive_region`: each lung closed on its own with a large ball, which fills
@@ -52,6 +56,9 @@ _AIRWAY_MAX_FRACTION = 0.05  # ... or beyond this fraction of the air inside the
 _MAX_HOLE_MM2 = 150.0  # per-slice holes up to this area are vessels; larger ones tumours
 _BONE_HU = 150.0  # holes and closings denser than this are bone (synthetic ribs), not vessels
 _COARSE_MM = 4.0  # grid of the large closing in tumour_inclusive_region
+_GROUND_GLASS_HU = -600.0  # ground glass: -600 HU to the threshold (synthetic: -520 HU; real
+# lung in LUNG1-001's reference contours below -600 but for 1.2% of its volume)
+_GROUND_GLASS_MM = 1.0  # radius of the disk a ground-glass region must fill
 
 
 def segment_lungs(
@@ -68,12 +75,13 @@ def segment_lungs(
     voxel_ml = float(np.prod(spacing)) / 1000.0
     info: dict = {"warnings": []}
 
-    air = hu < threshold_hu
+    ground_glass = _ground_glass(hu, threshold_hu, spacing)
+    air = (hu < threshold_hu) & ~ground_glass
     inside = _inside_body(air)
     bbox = _bounding_box(inside, pad=2)
     if bbox is None:
         raise ValueError("no air-filled region inside the body: is this a chest CT in HU?")
-    candidates = _large_components(inside[bbox], info)
+    candidates = _large_components(inside[bbox], _body(air)[bbox], info)
     superior_last = ct.GetDirection()[8] >= 0  # is the top of the patient at the last slice?
     airways, info["airway_threshold_hu"] = _airways(
         np.asarray(hu[bbox]), candidates, spacing, voxel_ml, superior_last, info["warnings"]
@@ -81,9 +89,10 @@ def segment_lungs(
     info["airway_ml"] = round(float(airways.sum()) * voxel_ml, 1)
     lungs_mask = candidates & ~_dilate_small(airways)
     right, left = _split_left_right(lungs_mask, ct, bbox, info)
-    not_bone = np.asarray(hu[bbox]) < _BONE_HU
-    right = _smooth(right, closing_mm, spacing) & not_bone
-    left = _smooth(left, closing_mm, spacing) & not_bone & ~right
+    # neither closing nor hole filling may give back bone or ground glass
+    allowed = (np.asarray(hu[bbox]) < _BONE_HU) & ~ground_glass[bbox]
+    right = _smooth(right, closing_mm, spacing) & allowed
+    left = _smooth(left, closing_mm, spacing) & allowed & ~right
 
     labels = np.zeros(hu.shape, dtype=np.uint8)
     labels[bbox][right] = RIGHT_LUNG
@@ -95,10 +104,13 @@ def segment_lungs(
     return _like(labels, ct), info
 
 
-def tumour_inclusive_region(ct: sitk.Image, lungs: sitk.Image, *, margin_mm: float) -> sitk.Image:
+def tumour_inclusive_region(
+    ct: sitk.Image, lungs: sitk.Image, *, margin_mm: float, threshold_hu: float = -320.0
+) -> sitk.Image:
     """Lungs plus the tissue a tumour at the hilum, mediastinum or pleura would occupy.
 
-    Each lung is closed on its own with a ball of radius ``1.5 * margin_mm``, and what the
+    Ground glass touching a lung (``threshold_hu`` as in :func:`segment_lungs`) joins it first:
+    the lungs leave a tumour's ground-glass rim out, the region must not. Each lung is closed on its own with a ball of radius ``1.5 * margin_mm``, and what the
     closing adds is kept where it lies within ``margin_mm`` of that lung. Concavities the
     lung wraps around (the hilum, the dent a pleural or mediastinal tumour makes) fill; the
     mediastinum between the two lungs does not, because the lungs are never closed together.
@@ -119,8 +131,15 @@ def tumour_inclusive_region(ct: sitk.Image, lungs: sitk.Image, *, margin_mm: flo
     factors = np.maximum(1, np.round(_COARSE_MM / spacing)).astype(int)
     box = _aligned_box(region, pad=np.ceil(margin_mm / spacing).astype(int) + 1, factors=factors)
     added = np.zeros(region[box].shape, dtype=bool)
+    hu = np.asarray(sitk.GetArrayViewFromImage(ct)[box])
+    glass, _ = ndi.label(_ground_glass(hu, threshold_hu, spacing), _FULL_26)
     for label in (RIGHT_LUNG, LEFT_LUNG):
-        coarse = _downsample_any(labels[box] == label, factors)
+        lung = labels[box] == label
+        # ground glass touching the lung (a tumour's rim, left out of the lungs) is closed with it
+        touching = np.unique(glass[_disk_dilation(lung, np.array([1, 1])) & (glass > 0)])
+        lung |= np.isin(glass, touching[touching > 0])
+        added |= lung
+        coarse = _downsample_any(lung, factors)
         if coarse.any():
             filled = _closing_within(coarse, 1.5 * margin_mm, margin_mm, spacing * factors)
             added |= _upsample(filled & ~coarse, factors, added.shape)
@@ -252,6 +271,23 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # --- steps -----------------------------------------------------------------------------------
 
 
+def _ground_glass(hu: np.ndarray, threshold_hu: float, spacing: np.ndarray) -> np.ndarray:
+    """Ground-glass opacity: voxels from ``_GROUND_GLASS_HU`` up to the threshold that fill an
+    in-plane disk of radius about 1 mm (an opening; 3 x 3 voxels at 0.7-1.4 mm pixels), i.e. not
+    the one-voxel partial-volume layer at vessels and the pleura. A tumour's ground-glass rim is tumour, not lung (the synthetic
+    truth and clinicians' GTVs); foam pads under the patient look the same."""
+    radius = np.maximum(1, np.floor(_GROUND_GLASS_MM / spacing[1:] + 0.5)).astype(int)
+    mid = (hu >= _GROUND_GLASS_HU) & (hu < threshold_hu)
+    opened = _disk_dilation(~_disk_dilation(~mid, radius), radius)
+    # and at least two slices deep: a diaphragm dome cut obliquely by a thick slice leaves a
+    # broad but one-slice layer of the same density (LUNG1-001: 1.2% of the lungs)
+    pairs = opened[:-1] & opened[1:]
+    deep = np.zeros_like(opened)
+    deep[:-1] |= pairs
+    deep[1:] |= pairs
+    return deep
+
+
 def _inside_body(air: np.ndarray) -> np.ndarray:
     """Air not connected, within its axial slice, to the slice border.
 
@@ -266,13 +302,32 @@ def _inside_body(air: np.ndarray) -> np.ndarray:
     return inside
 
 
-def _large_components(mask: np.ndarray, info: dict) -> np.ndarray:
-    """The 26-connected components of at least ``_MIN_PIECE_FRACTION`` of the largest."""
+def _body(air: np.ndarray) -> np.ndarray:
+    """The body: the largest 3D component of what is not air, its holes filled per slice.
+
+    A 3D component, so that the CT table (apart from the body) and the air it encloses are
+    not the body. Labelled on 2 x 2 in-plane blocks that are not air throughout (cheap, and a
+    block never spans a gap, so the table stays apart); where the chest wall is thinner than
+    about 3 voxels a slice's lung may stay unfilled, so use it by majority (see below)."""
+    labels, count = ndi.label(_downsample_all(~air))
+    if count == 0:
+        return np.zeros_like(air)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body = _fill_holes(labels == sizes.argmax())
+    return _upsample(body, np.array([1, 2, 2]), air.shape)
+
+
+def _large_components(mask: np.ndarray, body: np.ndarray, info: dict) -> np.ndarray:
+    """The 26-connected components of at least ``_MIN_PIECE_FRACTION`` of the largest that
+    lie mostly inside the body (the air inside the CT table is enclosed in its slices too)."""
     labels, count = ndi.label(mask, _FULL_26)
     if count == 0:
         raise ValueError("no air-filled region inside the body: is this a chest CT in HU?")
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
+    in_body = np.bincount(labels[body], minlength=sizes.size)
+    sizes[in_body < 0.5 * sizes] = 0
     keep = sizes >= _MIN_PIECE_FRACTION * sizes.max()
     keep[0] = False
     info["air_components_kept"] = int(keep.sum())
@@ -523,6 +578,13 @@ def _downsample_any(mask: np.ndarray, factors: np.ndarray) -> np.ndarray:
     padded[tuple(slice(0, n) for n in mask.shape)] = mask
     blocks = padded.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2])
     return blocks.any(axis=(1, 3, 5))
+
+
+def _downsample_all(mask: np.ndarray) -> np.ndarray:
+    """In-plane 2 x 2 block-wise AND (strided ANDs: much faster than a reshaped ``all``); the
+    odd last row and column count as outside."""
+    padded = np.pad(mask, [(0, 0), (0, mask.shape[1] % 2), (0, mask.shape[2] % 2)])
+    return padded[:, ::2, ::2] & padded[:, 1::2, ::2] & padded[:, ::2, 1::2] & padded[:, 1::2, 1::2]
 
 
 def _upsample(mask: np.ndarray, factors: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
