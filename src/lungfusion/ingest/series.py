@@ -13,6 +13,9 @@
   grid, with a warning.
 - Compressed transfer syntaxes (JPEG 2000, JPEG-LS, RLE) are decoded by pydicom's pixel
   handlers (pylibjpeg-openjpeg, pylibjpeg-libjpeg, numpy RLE).
+- Speed: uncompressed pixels are read straight into one array; for a CT, every file after the
+  first has its few slice tags read by ``lungfusion.ingest.native`` instead of a full pydicom
+  parse (the PET keeps every header: its SUV rules read them all).
 
 The ``info`` dict returned beside the image is JSON-ready; ``info["slices"]`` maps each
 SOPInstanceUID (and frame) to its slice index in the returned volume, which the ROI stage needs
