@@ -60,6 +60,25 @@ def test_phantom_lungs_labelled_by_side_and_airways_removed(flip_x):
     assert not trachea_slice.any()
 
 
+def test_region_fills_the_lungs_dents_but_not_with_bone():
+    ct, truth = phantom_chest()
+    hu = sitk.GetArrayFromImage(ct)
+    rib = np.zeros(hu.shape, dtype=bool)
+    rib[10:13, 20:44, 12:17] = True  # a rib notching the right lung's lateral surface
+    hu[rib] = 400.0
+    tumour = np.zeros(hu.shape, dtype=bool)
+    tumour[9:15, 28:36, 31:37] = True
+    tumour &= truth == RIGHT_LUNG  # soft tissue in a dent of its medial surface
+    hu[tumour] = 40.0
+    ribbed = sitk.GetImageFromArray(hu)
+    ribbed.CopyInformation(ct)
+    labels, _ = segment_lungs(ribbed, threshold_hu=-320, closing_mm=3.0)
+    region = sitk.GetArrayFromImage(tumour_inclusive_region(ribbed, labels, margin_mm=10.0)) > 0
+    assert region[(truth > 0) & ~rib].mean() > 0.98
+    assert region[tumour].all()
+    assert not region[rib].any()
+
+
 def test_arguments_are_checked():
     ct, _ = phantom_chest()
     with pytest.raises(ValueError, match="closing_mm"):
