@@ -60,6 +60,8 @@ _COARSE_MM = 4.0  # grid of the large closing in tumour_inclusive_region
 _GROUND_GLASS_HU = -600.0  # ground glass: -600 HU to the threshold (synthetic: -520 HU; real
 # lung in LUNG1-001's reference contours below -600 but for 1.2% of its volume)
 _GROUND_GLASS_MM = 1.0  # radius of the disk a ground-glass region must fill
+_RIM_GROWTH_MM = 2.0  # in tumour_inclusive_region, a ground-glass rim grows this far in-plane
+# through thinner voxels of its density (partial volume where the rim is 1-2 voxels thick)
 
 
 def segment_lungs(
@@ -118,18 +120,19 @@ def tumour_inclusive_region(
 ) -> sitk.Image:
     """Lungs plus the tissue a tumour at the hilum, mediastinum or pleura would occupy.
 
-    Ground glass touching a lung (``threshold_hu`` as in :func:`segment_lungs`) joins it first:
-    the lungs leave a tumour's ground-glass rim out, the region must not. Each lung is closed
-    on its own with a ball of radius ``1.5 * margin_mm``, and what the closing adds is kept
-    where it lies within ``margin_mm`` of that lung. Concavities the lung wraps around (the
-    hilum, the dent a pleural or mediastinal tumour makes) fill; the mediastinum between the
-    two lungs does not, because the lungs are never closed together. Bone (above 150 HU) is
-    left out: the closing fills the notches ribs make in the lung surface, but a tumour is soft
-    tissue (LUNG1-001's GTV-1: 0.25% of it above 150 HU). In synthetic SYN0005 (default preset)
-    ribs were half of what the region added beyond lungs and tumour (2.5% of the lungs' volume;
-    the coarse grid's stair steps, against a full-resolution closing: 0.4%).
-    On LUNG1-001 (GTV-1 at the left hilum, 10% inside the lungs) ``margin_mm=20`` covers 99%
-    of the GTV for 8% more volume than the lungs; a per-slice convex hull adds 30%.
+    Ground glass touching a lung (``threshold_hu`` as in :func:`segment_lungs`) joins it first,
+    with the thinner parts of the rim of the same density (within ``_RIM_GROWTH_MM``): the lungs
+    leave a tumour's ground-glass rim out, the region must not. Each lung is closed on its own
+    with a ball of radius ``1.5 * margin_mm``, and what the closing adds is kept where it lies
+    within ``margin_mm`` of that lung. Concavities the lung wraps around (the hilum, the dent a
+    pleural or mediastinal tumour makes) fill; the mediastinum between the two lungs does not,
+    because the lungs are never closed together. Bone (above 150 HU) is left out: the closing
+    fills the notches ribs make in the lung surface, but a tumour is soft tissue (LUNG1-001's
+    GTV-1: 0.25% of it above 150 HU). In synthetic SYN0005 (default preset) ribs were half of
+    what the region added beyond lungs and tumour (2.5% of the lungs' volume; the coarse grid's
+    stair steps, against a full-resolution closing: 0.4%). On LUNG1-001 (GTV-1 at the left
+    hilum, 10% inside the lungs) ``margin_mm=20`` covers 99% of the GTV for 8% more volume than
+    the lungs; a per-slice convex hull adds 30%.
 
     The closing runs on a coarse grid (about 4 mm, aligned with the CT grid) for speed; the
     lungs themselves stay at full resolution. Returns a uint8 mask (1 inside) on the CT grid.
@@ -147,11 +150,15 @@ def tumour_inclusive_region(
     added = np.zeros(region[box].shape, dtype=bool)
     hu = np.asarray(sitk.GetArrayViewFromImage(ct)[box])
     glass, _ = _label(_ground_glass(hu, threshold_hu, spacing))
+    # where a rim thins to a voxel or two (narrower than ground glass) it is still rim: grown
+    # through such voxels, it encloses its tumour again (synthetic tiny SYN0005: 0.91 -> 1.00)
+    thin = (hu >= _GROUND_GLASS_HU) & (hu < threshold_hu)
+    steps = int(np.floor(_RIM_GROWTH_MM / spacing[1:].min() + 0.5))
     for label in (RIGHT_LUNG, LEFT_LUNG):
         lung = labels[box] == label
         # ground glass touching the lung (a tumour's rim, left out of the lungs) is closed with it
         touching = np.unique(glass[_disk_dilation(lung, np.array([1, 1])) & (glass > 0)])
-        lung |= np.isin(glass, touching[touching > 0])
+        lung |= _grow_within(np.isin(glass, touching[touching > 0]), thin, steps)
         added |= lung
         coarse = _downsample_any(lung, factors)
         if coarse.any():
@@ -584,6 +591,17 @@ def _closing_within(
     )
     result[outer] = closed[inner]
     return result
+
+
+def _grow_within(mask: np.ndarray, within: np.ndarray, steps: int) -> np.ndarray:
+    """In-plane geodesic dilation: ``mask`` grown ``steps`` times by a 4-neighbourhood, but
+    only into ``within``; computed on the mask's bounding box."""
+    box = _bounding_box(mask, pad=steps)
+    if box is None or steps == 0:
+        return mask
+    grown = mask.copy()
+    grown[box] = ndi.binary_dilation(mask[box], _IN_PLANE, iterations=steps, mask=within[box])
+    return grown
 
 
 def _downsample_any(mask: np.ndarray, factors: np.ndarray) -> np.ndarray:
