@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 from lungfusion.commands import segment as segment_command
 from lungfusion.imaging.rtstruct import rtstruct_to_mask
@@ -16,6 +17,7 @@ from lungfusion.imaging.segment import (
     LEFT_LUNG,
     RIGHT_LUNG,
     BackendUnavailableError,
+    _label,
     check_backend,
     dice,
     segment_lungs,
@@ -77,6 +79,15 @@ def test_region_fills_the_lungs_dents_but_not_with_bone():
     assert region[(truth > 0) & ~rib].mean() > 0.98
     assert region[tumour].all()
     assert not region[rib].any()
+
+
+@pytest.mark.parametrize("fully_connected", [True, False])
+def test_labelling_by_itk_numbers_like_scipy(fully_connected):
+    mask = np.random.default_rng(1).random((12, 20, 24)) > 0.6
+    labels, count = _label(mask, fully_connected=fully_connected)
+    structure = np.ones((3, 3, 3), dtype=bool) if fully_connected else None
+    expected, expected_count = ndi.label(mask, structure)
+    assert count == expected_count and np.array_equal(labels, expected)
 
 
 def test_arguments_are_checked():
