@@ -158,6 +158,35 @@ def _read_ct_series(patient_dir):
     return reader.Execute()
 
 
+def _segment_synthetic(out, truth_dir):
+    """(labels, region, truth lungs, truth tumour) arrays of one generated patient."""
+    ct = _read_ct_series(out / "dicom" / truth_dir.name)
+    lungs_truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_dir / "lungs.nii.gz")))
+    tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_dir / "tumour.nii.gz"))) > 0
+    labels, _ = segment_lungs(ct, threshold_hu=-320, closing_mm=3.0)
+    region = sitk.GetArrayFromImage(tumour_inclusive_region(ct, labels, margin_mm=20.0)) > 0
+    return sitk.GetArrayFromImage(labels), region, lungs_truth, tumour
+
+
+@pytest.mark.slow
+def test_synthetic_default_patients(tmp_path_factory):
+    """The main job's preset (chest at half scale): every target of the issue, per patient.
+
+    Seed 11's five patients include SYN0005, the largest region of 10 (1.095 x the lungs)."""
+    synth = pytest.importorskip("lungfusion.synth")
+    out = tmp_path_factory.mktemp("synth_default")
+    synth.generate_cohort(out, preset="default", n_patients=5, seed=11, fraction_without_pet=0.0)
+    patients = sorted(p for p in (out / "ground_truth").iterdir() if p.is_dir())
+    assert len(patients) == 5
+    for truth_dir in patients:
+        found, region, lungs_truth, tumour = _segment_synthetic(out, truth_dir)
+        assert dice(found > 0, lungs_truth > 0) >= 0.97, truth_dir.name
+        assert dice(found == RIGHT_LUNG, lungs_truth == RIGHT_LUNG) >= 0.95, truth_dir.name
+        assert dice(found == LEFT_LUNG, lungs_truth == LEFT_LUNG) >= 0.95, truth_dir.name
+        assert region[tumour].mean() >= 0.95, truth_dir.name
+        assert region.sum() <= 1.10 * (lungs_truth > 0).sum(), truth_dir.name
+
+
 def test_synthetic_tiny_patients(tmp_path_factory):
     synth = pytest.importorskip("lungfusion.synth")
     out = tmp_path_factory.mktemp("synth")
@@ -166,12 +195,7 @@ def test_synthetic_tiny_patients(tmp_path_factory):
     assert len(patients) == 2
     coverage = {}
     for truth_dir in patients:
-        ct = _read_ct_series(out / "dicom" / truth_dir.name)
-        lungs_truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_dir / "lungs.nii.gz")))
-        tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_dir / "tumour.nii.gz"))) > 0
-        labels, _ = segment_lungs(ct, threshold_hu=-320, closing_mm=3.0)
-        region = sitk.GetArrayFromImage(tumour_inclusive_region(ct, labels, margin_mm=20.0)) > 0
-        found = sitk.GetArrayFromImage(labels)
+        found, region, lungs_truth, tumour = _segment_synthetic(out, truth_dir)
         assert dice(found > 0, lungs_truth > 0) >= 0.97, truth_dir.name
         assert dice(found == LEFT_LUNG, lungs_truth == LEFT_LUNG) >= 0.95, truth_dir.name
         coverage[truth_dir.name] = float(region[tumour].mean())
