@@ -295,8 +295,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def _ground_glass(hu: np.ndarray, threshold_hu: float, spacing: np.ndarray) -> np.ndarray:
     """Ground-glass opacity: voxels from ``_GROUND_GLASS_HU`` up to the threshold that fill an
     in-plane disk of radius about 1 mm (an opening; 3 x 3 voxels at 0.7-1.4 mm pixels), i.e. not
-    the one-voxel partial-volume layer at vessels and the pleura. A tumour's ground-glass rim is tumour, not lung (the synthetic
-    truth and clinicians' GTVs); foam pads under the patient look the same."""
+    the one-voxel partial-volume layer at vessels and the pleura. A tumour's ground-glass rim
+    is tumour, not lung (the synthetic truth and clinicians' GTVs); foam pads under the patient
+    look the same."""
     radius = np.maximum(1, np.floor(_GROUND_GLASS_MM / spacing[1:] + 0.5)).astype(int)
     mid = (hu >= _GROUND_GLASS_HU) & (hu < threshold_hu)
     opened = _disk_dilation(~_disk_dilation(~mid, radius), radius)
