@@ -131,6 +131,55 @@ def test_hotspot_prefers_a_tumour_by_the_lung_over_a_larger_hotter_heart():
     assert _contains(grid, ct, tumour_index)
 
 
+def _hot_side(pet, tumour_index, offset_mm):
+    """PET whose tumour uptake peaks in a small cube ``offset_mm`` (x, y, z) from its centre."""
+    suv = sitk.GetArrayFromImage(pet)
+    suv[suv == 5.0] = 2.0
+    spacing = pet.GetSpacing()
+    x, y, z = (round(c + o / s) for c, o, s in zip(tumour_index, offset_mm, spacing, strict=True))
+    suv[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = 9.0
+    return _image(suv, spacing=spacing), [x, y, z]
+
+
+def test_hotspot_box_centres_on_the_ct_lesion_not_on_its_hot_side():
+    ct, pet, region, lungs, tumour_index = chest()
+    hot_pet, hot_index = _hot_side(pet, tumour_index, (6.0, 0.0, 0.0))
+    grid, info = roi_lib.hotspot_grid(ct, hot_pet, region, shape=(16, 16, 6), lungs=lungs)
+    assert info["hotspot_index"] == hot_index
+    assert info["box_centre"].startswith("CT lesion")
+    # the lesion centre is the tumour's, 3 voxels from the peak; the box is centred on it
+    assert np.linalg.norm(np.subtract(info["lesion_centre_index"], tumour_index)) <= 0.5
+    first, last = grid.corner_index(ct)
+    centre = [(a + b) / 2 for a, b in zip(first, last, strict=True)]
+    assert np.abs(np.subtract(centre, tumour_index)).max() <= 0.5
+    # without the lung mask there is no lesion to find: the box sits on the peak
+    grid, info = roi_lib.hotspot_grid(ct, hot_pet, region, shape=(16, 16, 6))
+    assert info["box_centre"] == "PET hot spot"
+    first, last = grid.corner_index(ct)
+    assert [(a + b) / 2 for a, b in zip(first, last, strict=True)] == pytest.approx(
+        hot_index, abs=0.5
+    )
+
+
+def test_hotspot_box_moves_at_most_a_quarter_box_into_a_joined_mediastinum():
+    ct, pet, region, lungs, tumour_index = chest()
+    hu = sitk.GetArrayFromImage(ct)
+    hu[:, :, 0:8] = 40.0  # a tumour grown into a large block of soft tissue on its right
+    region_array = sitk.GetArrayFromImage(region)
+    region_array[:, :, 0:8] = 1
+    lung_array = sitk.GetArrayFromImage(lungs)
+    lung_array[:, 14:26, 4:12] = 0
+    hu[:, 14:26, 4:12] = 40.0
+    images = [_image(a) for a in (hu, region_array, lung_array)]
+    ct2, region2, lungs2 = images
+    shape = (16, 16, 6)
+    grid, info = roi_lib.hotspot_grid(ct2, pet, region2, shape=shape, lungs=lungs2)
+    shift = np.subtract(info["lesion_centre_index"], info["hotspot_index"])
+    assert np.sqrt(((shift / (np.array(shape) / 4)) ** 2).sum()) <= 1.0 + 1e-6
+    assert shift[0] < -0.5  # pulled towards the joined tissue, but bounded
+    assert _contains(grid, ct2, info["hotspot_index"])
+
+
 def test_ct_only_centres_on_the_soft_tissue_blob_wrapped_in_lung(tmp_path):
     ct, _, region, lungs, tumour_index = chest()
     grid, info = roi_lib.hotspot_grid(ct, None, region, shape=(8, 8, 4), lungs=lungs)

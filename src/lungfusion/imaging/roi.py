@@ -7,9 +7,11 @@ Where the grid leaves the image, CT is padded with the window minimum and PET an
 
 Strategies:
 
-- ``pet_hotspot``: box of ``shape`` voxels on the CT grid centred on the PET hot spot that
+- ``pet_hotspot``: box of ``shape`` voxels on the CT grid around the PET hot spot that
   is most tumour-like (a local SUV maximum near the region, weighted by how much lung
-  surrounds it, so the heart wall does not win); without PET on the most lesion-like
+  surrounds it, so the heart wall does not win), centred on the CT lesion holding that hot
+  spot when the lung mask shows one (a tumour's hottest part is seldom its centre, and a box
+  on the peak cuts the far side off); without PET on the most lesion-like
   soft-tissue blob of the CT (given the lung mask), else the centre of the region's
   bounding box, recorded as a fallback. ``info["placement"]`` names which;
 - ``lungs``: the region's bounding box resampled to ``shape`` (spacing changes per axis);
@@ -45,6 +47,7 @@ HOTSPOT_CANDIDATES = 15  # distinct hot spots compared, from the hottest down
 HOTSPOT_HOT_REACH_MM = 60.0  # the hot volume is measured in a box of this half-side
 CT_LESION_HU = (-300.0, 400.0)  # soft tissue for the CT-only placement
 CT_OPEN_MM = 1.0  # opening radius that detaches vessels from a CT blob
+LESION_SEARCH_MM = 6.0  # the CT lesion must reach this close to the PET peak (PSF, registration)
 _COARSE_MM = 4.0  # grid of the dilation (cheap, and the hotspot search needs no more)
 NPZ_KEYS = ("ct", "pet", "lungs", "has_pet", "spacing", "origin")
 
@@ -131,6 +134,10 @@ def hotspot_grid(
         peaks = search
     best = _best_hot_spot(suv, peaks, lung, spacing_zyx)
     z, y, x = best["peak"]
+    centre = [float(x), float(y), float(z)]
+    lesion = None
+    if lungs is not None:
+        lesion = lesion_centre_near(ct, region, lungs, best["peak"], shape)
     info = {
         "centre_from": (
             f"PET hot spot: SUV peak x (shell lung fraction + {HOTSPOT_LUNG_BIAS:g})"
@@ -145,8 +152,73 @@ def hotspot_grid(
         "hot_volume_ml": round(best["volume_ml"], 3),
         "candidates": best["candidates"],
         "hotspot_index": [int(x), int(y), int(z)],
+        "box_centre": "PET hot spot",
     }
-    return fixed_box_grid(ct, [float(x), float(y), float(z)], shape), info
+    if lesion is not None:
+        centre = lesion
+        info["box_centre"] = "CT lesion at the hot spot (its voxels within the box's reach)"
+        info["lesion_centre_index"] = [round(v, 2) for v in lesion]
+    return fixed_box_grid(ct, centre, shape), info
+
+
+def _soft_tissue(
+    hu: np.ndarray, region: np.ndarray, lung: np.ndarray, spacing_zyx: np.ndarray
+) -> np.ndarray:
+    """Soft tissue (``CT_LESION_HU``) in the region and outside the lungs, opened by
+    ``CT_OPEN_MM`` so thin vessels come off the blobs."""
+    tissue = region & ~lung & (hu >= CT_LESION_HU[0]) & (hu <= CT_LESION_HU[1])
+    radius = np.round(CT_OPEN_MM / spacing_zyx).astype(int)
+    return ndi.binary_opening(tissue, structure=np.ones(2 * radius + 1, dtype=bool))
+
+
+def lesion_centre_near(
+    ct: sitk.Image, region: sitk.Image, lungs: sitk.Image, peak_zyx: tuple, shape: tuple
+) -> list[float] | None:
+    """Centre (x, y, z index) of the CT lesion that holds the PET peak, or None.
+
+    The lesion is the soft-tissue blob (as in :func:`ct_lesion_centre`) reaching within
+    ``LESION_SEARCH_MM`` of the peak. Only its voxels within half the box of the peak count
+    (a tumour grown into the mediastinum or the chest wall joins them in one blob), and the
+    centre moves at most a quarter of the box, so the box still holds the hot spot.
+    """
+    spacing_zyx = np.array(ct.GetSpacing()[::-1])
+    reach = np.array(shape[::-1], dtype=float) / 2.0  # voxels, z y x
+    peak = np.asarray(peak_zyx, dtype=int)
+    margin = np.ceil(reach).astype(int) + 1
+    low = np.maximum(peak - margin, 0)
+    box = tuple(
+        slice(int(a), int(c) + int(m) + 1) for a, c, m in zip(low, peak, margin, strict=True)
+    )
+    tissue = _soft_tissue(
+        sitk.GetArrayViewFromImage(ct)[box],
+        sitk.GetArrayViewFromImage(region)[box] > 0,
+        sitk.GetArrayViewFromImage(lungs)[box] > 0,
+        spacing_zyx,
+    )
+    labels, count = ndi.label(tissue)
+    if count == 0:
+        return None
+    local_peak = peak - low
+    grids = np.ogrid[tuple(slice(0, n) for n in tissue.shape)]
+    offsets = [g - c for g, c in zip(grids, local_peak, strict=True)]
+    near_mm = sum((o * s) ** 2 for o, s in zip(offsets, spacing_zyx, strict=True)) <= (
+        LESION_SEARCH_MM**2
+    )
+    touching = np.unique(labels[near_mm & tissue])
+    if touching.size == 0:
+        return None
+    # the blob with most voxels near the peak
+    counts = [np.count_nonzero(near_mm & (labels == t)) for t in touching]
+    blob = labels == touching[int(np.argmax(counts))]
+    blob &= sum((o / r) ** 2 for o, r in zip(offsets, reach, strict=True)) <= 1.0
+    if not blob.any():
+        return None
+    shift = np.asarray(ndi.center_of_mass(blob)) - local_peak
+    limit = reach / 2.0
+    shift *= min(1.0, 1.0 / max(float(np.sqrt(((shift / limit) ** 2).sum())), 1e-9))
+    centre = peak + shift
+    z, y, x = (float(v) for v in centre)
+    return [x, y, z]
 
 
 def ct_lesion_centre(
@@ -160,12 +232,9 @@ def ct_lesion_centre(
     ``(mean lung fraction on its surface)^2 x volume^(1/3)``. None when there is no blob.
     """
     spacing_zyx = np.array(ct.GetSpacing()[::-1])
-    hu = sitk.GetArrayViewFromImage(ct)
     lung = sitk.GetArrayViewFromImage(lungs) > 0
-    tissue = (sitk.GetArrayViewFromImage(region) > 0) & ~lung
-    tissue &= (hu >= CT_LESION_HU[0]) & (hu <= CT_LESION_HU[1])
-    radius = np.round(CT_OPEN_MM / spacing_zyx).astype(int)
-    tissue = ndi.binary_opening(tissue, structure=np.ones(2 * radius + 1, dtype=bool))
+    hu = sitk.GetArrayViewFromImage(ct)
+    tissue = _soft_tissue(hu, sitk.GetArrayViewFromImage(region) > 0, lung, spacing_zyx)
     labels, count = ndi.label(tissue)
     if count == 0:
         return None
