@@ -305,3 +305,36 @@ def test_synthetic_cohort_decoys(tmp_path, repo_dir):
     )
     record = json.loads((out.parent / first / "ingest.json").read_text())
     assert record["status"] == "ok", record.get("error")
+
+
+def test_project_folder_moved_after_indexing_still_ingests(tree, tmp_path, repo_dir, monkeypatch):
+    """File lists name files under the workdir relative to themselves, others absolutely."""
+    import shutil  # noqa: PLC0415
+
+    project = tmp_path / "project"
+    shutil.copytree(tree["root"] / "B", project / "dicom" / "B")
+    (project / "sheet.tsv").write_text("patient_id\tlabel\nPB\tSQC\n")
+    monkeypatch.chdir(project)
+    config = ["--config", str(repo_dir / "config.yaml")]
+    index_args = ["index", "--dicom-root", "dicom", "--sample-sheet", "sheet.tsv"]
+    assert cli_main([*config, *index_args, "--out", "results/ingest/series.tsv"]) == 0
+    table = pd.read_csv(project / "results/ingest/series.tsv", sep="\t", keep_default_na=False)
+    lists = [project / "results/ingest" / f for f in table.files if f]
+    assert lists and all(not line.startswith("/") for f in lists for line in f.read_text().split())
+    moved = tmp_path / "moved"
+    project.rename(moved)
+    monkeypatch.chdir(moved)
+    ingest_args = ["ingest", "--patient", "PB", "--series", "results/ingest/series.tsv"]
+    assert cli_main([*config, *ingest_args, "--out-dir", "results/ingest/PB"]) == 0
+    status = json.loads((moved / "results/ingest/PB/ingest.json").read_text())
+    assert status["status"] == "ok" and status["has_pet"]
+    # a DICOM tree outside the workdir is listed by absolute path
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = elsewhere / "series.tsv"
+    assert cli_main([*config, *index_args[:2], str(moved / "dicom"), *index_args[3:4],
+                     str(moved / "sheet.tsv"), "--out", str(out)]) == 0  # fmt: skip
+    table = pd.read_csv(out, sep="\t", keep_default_na=False)
+    lines = (elsewhere / table.files[table.files != ""].iloc[0]).read_text().split("\n")
+    assert lines[0].startswith(str(moved / "dicom"))

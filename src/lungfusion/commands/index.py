@@ -4,14 +4,17 @@ Writes ``--out`` (``results/ingest/series.tsv``): one row per series with the co
 :data:`lungfusion.ingest.index.SERIES_COLUMNS` plus ``files``, ``chosen`` (CT, PT or empty) and
 ``reason``; patients of the sample sheet with no DICOM get a row with reason "no DICOM found".
 ``files`` names the series' file list, ``series_files/<series_uid>.txt`` beside ``--out``
-(relative to the folder of ``--out``): one absolute path per line, sorted, so ingest never walks
-the tree again. The lists are written first and series.tsv last (the tracked output).
+(relative to the folder of ``--out``): one path per line, sorted, so ingest never walks the tree
+again. Files under the working directory (the Snakemake workdir) are listed relative to the
+list's folder, so a project folder moved as a whole still ingests; others by absolute path.
+The lists are written first and series.tsv last (the tracked output).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -69,12 +72,7 @@ def build_series_table(
     for column in ("n_images", "n_frames", "rows", "columns", "samples_per_pixel"):
         table[column] = pd.to_numeric(table[column]).astype("Int64")  # no "134.0" beside blanks
     out = Path(out)
-    table["files"] = ""
-    for index, uid in table["series_uid"].items():
-        if isinstance(uid, str) and uid in files:
-            relative = f"{FILE_LIST_FOLDER}/{uid}.txt"
-            write_text_atomic(out.parent / relative, "\n".join(files[uid]) + "\n")
-            table.loc[index, "files"] = relative
+    write_file_lists(table, files, out.parent)
     columns = ["patient_id", "chosen", "reason", *SERIES_COLUMNS[1:], "files"]
     order = table["chosen"].map({"CT": 0, "PT": 1}).fillna(2)
     table = table.assign(_order=order).sort_values(["patient_id", "_order"], kind="stable")
@@ -82,6 +80,32 @@ def build_series_table(
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table
+
+
+def write_file_lists(table: pd.DataFrame, files: dict[str, list[str]], folder: Path) -> None:
+    """Write each indexed series' file list under ``folder`` and name it in ``table.files``."""
+    workdir = Path.cwd().resolve()
+    lists = (folder / FILE_LIST_FOLDER).resolve()
+    table["files"] = ""
+    for index, uid in table["series_uid"].items():
+        if isinstance(uid, str) and uid in files:
+            relative = f"{FILE_LIST_FOLDER}/{uid}.txt"
+            lines = [_list_entry(Path(path), lists, workdir) for path in files[uid]]
+            write_text_atomic(folder / relative, "\n".join(lines) + "\n")
+            table.loc[index, "files"] = relative
+
+
+def _list_entry(path: Path, lists: Path, workdir: Path) -> str:
+    path = path.resolve()
+    if path.is_relative_to(workdir) and lists.is_relative_to(workdir):
+        return os.path.relpath(path, lists)
+    return str(path)
+
+
+def read_file_list(list_path: Path) -> list[str]:
+    """The absolute paths of a file list (relative entries are relative to its folder)."""
+    text = list_path.read_text(encoding="utf-8")
+    return [str(list_path.parent / line) for line in text.splitlines() if line]
 
 
 def run(args: argparse.Namespace, config: dict) -> int:

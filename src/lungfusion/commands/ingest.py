@@ -18,6 +18,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from lungfusion.artifacts import Timer, atomic_path, sidecar, write_json_atomic
+from lungfusion.commands.index import read_file_list
 from lungfusion.errors import PatientInputError
 from lungfusion.ingest.series import read_ct_series, read_pet_suv
 
@@ -36,9 +37,7 @@ def _chosen(table: pd.DataFrame, patient: str, modality: str, series_path: Path)
     if rows.empty:
         return None, []
     row = rows.iloc[0]
-    text = (series_path.parent / row["files"]).read_text(encoding="utf-8")
-    files = [line for line in text.splitlines() if line]
-    return row, files
+    return row, read_file_list(series_path.parent / row["files"])
 
 
 def _why_no_ct(table: pd.DataFrame, patient: str) -> str:

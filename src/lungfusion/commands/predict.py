@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungfusion.artifacts import Timer, atomic_path, write_json_atomic, write_text_atomic
+from lungfusion.artifacts import Timer, atomic_path, write_json_atomic
 from lungfusion.errors import PatientInputError
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def index_patient(dicom_dir: Path, work_dir: Path, patient: str, *, ct_slice_thickness_mm) -> Path:
     """Index the folder as ONE patient, choose its CT and PET, write ``series.tsv`` as `index`."""
-    from lungfusion.commands.index import FILE_LIST_FOLDER
+    from lungfusion.commands.index import write_file_lists
     from lungfusion.ingest.index import SERIES_COLUMNS, index_tree
     from lungfusion.ingest.select import choose_series
 
@@ -75,13 +75,8 @@ def index_patient(dicom_dir: Path, work_dir: Path, patient: str, *, ct_slice_thi
         )
     series["patient_id"] = patient
     table = choose_series(series, [patient], ct_slice_thickness_mm=tuple(ct_slice_thickness_mm))
-    table["files"] = ""
     out = work_dir / "ingest" / "series.tsv"
-    for index, uid in table["series_uid"].items():
-        if isinstance(uid, str) and uid in files:
-            relative = f"{FILE_LIST_FOLDER}/{uid}.txt"
-            write_text_atomic(out.parent / relative, "\n".join(files[uid]) + "\n")
-            table.loc[index, "files"] = relative
+    write_file_lists(table, files, out.parent)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return out
