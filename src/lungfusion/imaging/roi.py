@@ -105,8 +105,10 @@ def hotspot_grid(
     (share of lung on the hot spot's one-voxel shell) favours lesions in or against the lung
     over the heart wall and mediastinal uptake, which touch the lung on one side only; the
     hot volume favours focal uptake over large hot organs such as the heart. ``lungs`` is
-    the lung mask (the region stands in for it when absent; without PET it enables the CT
-    placement of :func:`ct_lesion_centre`). ``info["placement"]`` names the method used.
+    the lung mask (the region stands in for it when absent); with it the box is centred on
+    the CT lesion at the chosen hot spot (:func:`lesion_centre_near`), and without PET it
+    enables the CT placement of :func:`ct_lesion_centre`. ``info["placement"]`` names the
+    method used, ``info["box_centre"]`` what the box is centred on.
     """
     mask = sitk.GetArrayViewFromImage(region) > 0
     if not mask.any():
