@@ -13,7 +13,7 @@ from lungfusion.training.data import make_records, roi_dataset
 from lungfusion.training.engine import TrainSettings, cox_loss, train_model
 from lungfusion.training.splits import make_folds
 
-FAST = {"flip": True, "rotate_deg": 5.0, "intensity_jitter": 0.05}
+FAST = {"flip": True, "rotate_deg": 5.0, "ct_shift_hu": 20.0, "pet_scale": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +202,39 @@ def test_cindex_is_nan_when_nothing_can_be_compared():
     assert np.isnan(cindex_score(np.array([100.0]), np.array([1]), np.array([0.3])))
     assert np.isnan(cindex_score(np.array([100.0, 200.0]), np.array([0, 0]), np.array([0.3, 0.1])))
     assert cindex_score(np.array([100.0, 200.0]), np.array([1, 1]), np.array([0.9, 0.1])) == 1.0
+
+
+def test_augmentation_moves_intensities_as_scanners_do():
+    """CT shifts by at most ct_shift_hu (on the ROI's window), PET scales by 1 +- pet_scale,
+    and CT and PET are flipped together."""
+    from monai.transforms import Compose  # noqa: PLC0415
+
+    from lungfusion.training.data import augmentation  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    ct = rng.uniform(0.3, 0.7, (1, 4, 6, 8)).astype(np.float32)
+    pet = rng.uniform(0.05, 0.5, (1, 4, 6, 8)).astype(np.float32)
+    pet[0, :, :, :4] = 0.9  # left half hot: a flip shows in both channels alike
+    ct[0, :, :, :4] += 0.2
+    window = (-1000.0, 1000.0)
+    transform = Compose(
+        augmentation(flip=True, rotate_deg=0, ct_shift_hu=20.0, pet_scale=0.1, ct_window=window)
+    )
+    transform.set_random_state(seed=3)
+    shifts, scales, flips = set(), set(), set()
+    for _ in range(40):
+        out = transform({"ct": torch.tensor(ct), "pet": torch.tensor(pet)})
+        out_ct, out_pet = np.asarray(out["ct"]), np.asarray(out["pet"])
+        flipped = bool(out_pet[0, 0, 0, -1] > out_pet[0, 0, 0, 0])
+        assert flipped == bool(out_ct[0, 0, 0, -1] > out_ct[0, 0, 0, 0])
+        ref_ct, ref_pet = (ct[..., ::-1], pet[..., ::-1]) if flipped else (ct, pet)
+        shift_hu = (out_ct - ref_ct) * (window[1] - window[0])
+        assert np.ptp(shift_hu) < 1e-3 and abs(shift_hu.mean()) <= 20.0 + 1e-3
+        scale = out_pet / ref_pet
+        assert np.ptp(scale) < 1e-5 and 0.9 - 1e-6 <= scale.mean() <= 1.1 + 1e-6
+        shifts.add(round(float(shift_hu.mean()), 3))
+        scales.add(round(float(scale.mean()), 4))
+        flips.add(flipped)
+    assert len(shifts) > 5 and len(scales) > 5 and flips == {True, False}
+    with pytest.raises(ValueError, match="negative"):
+        augmentation(ct_shift_hu=-1.0)

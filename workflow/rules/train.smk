@@ -49,7 +49,7 @@ rule train:
         runtime=240,
         gpu=1,
     params:
-        cfg=sections("task", "cohort", "train"),
+        cfg=sections("task", "cohort", "train", "roi"),
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         out_dir=lambda wc, output: Path(output.done).parent,
     shell:
@@ -78,7 +78,7 @@ rule sfsa:
         runtime=720,
         gpu=1,
     params:
-        cfg=sections("task", "cohort", "train"),
+        cfg=sections("task", "cohort", "train", "roi"),
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         out_dir=lambda wc, output: Path(output.best).parent,
         train_out_dir=lambda wc, output: Path(output.done).parent,

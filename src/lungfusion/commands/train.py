@@ -34,7 +34,8 @@ def settings_from_config(config: dict, *, progress: bool = True, **overrides) ->
     values = {
         "task": config["task"],
         "classes": tuple(config["cohort"]["classes"]),
-        "augment": dict(train.get("augment", {})),
+        # the CT shift is given in HU; the ROI tensors hold the CT windowed to [0, 1]
+        "augment": {**train.get("augment", {}), "ct_window": list(config["roi"]["ct_window"])},
         "progress": progress,
     }
     for name in (

@@ -53,11 +53,20 @@ class LoadRoid(MapTransform):
 
 
 def augmentation(
-    *, flip: bool = True, rotate_deg: float = 10.0, intensity_jitter: float = 0.1
+    *,
+    flip: bool = True,
+    rotate_deg: float = 10.0,
+    ct_shift_hu: float = 20.0,
+    pet_scale: float = 0.1,
+    ct_window: Sequence[float] = (-1024.0, 1024.0),
 ) -> list:
-    """The random transforms, the same for CT and PET so they stay aligned."""
-    if rotate_deg < 0 or intensity_jitter < 0:
-        raise ValueError("rotate_deg and intensity_jitter must not be negative")
+    """The random transforms; flips and rotations are the same for CT and PET so they stay
+    aligned. Intensities move only as much as the modalities vary between scanners: CT is
+    calibrated in HU, so it is shifted by up to ``ct_shift_hu`` (given on the ROI's
+    ``ct_window``); SUV scales with calibration and uptake time, so PET is multiplied by a
+    factor within ``1 +- pet_scale`` (its window starts at 0, so this is a scale of the SUV)."""
+    if rotate_deg < 0 or ct_shift_hu < 0 or pet_scale < 0:
+        raise ValueError("rotate_deg, ct_shift_hu and pet_scale must not be negative")
     keys = list(IMAGE_KEYS)
     transforms: list = []
     if flip:  # left-right mirror (x is the last axis)
@@ -67,15 +76,17 @@ def augmentation(
         transforms.append(
             RandRotated(keys=keys, range_x=angle, prob=0.5, keep_size=True, padding_mode="zeros")
         )
-    if intensity_jitter > 0:
-        transforms.append(RandScaleIntensityd(keys=keys, factors=intensity_jitter, prob=0.5))
-        transforms.append(RandShiftIntensityd(keys=keys, offsets=intensity_jitter, prob=0.5))
+    if ct_shift_hu > 0:
+        width = float(ct_window[1]) - float(ct_window[0])
+        transforms.append(RandShiftIntensityd(keys=["ct"], offsets=ct_shift_hu / width, prob=0.5))
+    if pet_scale > 0:
+        transforms.append(RandScaleIntensityd(keys=["pet"], factors=pet_scale, prob=0.5))
     return transforms
 
 
 def roi_dataset(records: Sequence[dict], *, augment: dict | None = None) -> CacheDataset:
-    """An in-memory dataset; ``augment`` (flip, rotate_deg, intensity_jitter) adds the random
-    transforms, ``None`` gives the plain evaluation dataset."""
+    """An in-memory dataset; ``augment`` (the keyword arguments of :func:`augmentation`) adds
+    the random transforms, ``None`` gives the plain evaluation dataset."""
     transforms = [LoadRoid()]
     if augment is not None:
         transforms += augmentation(**augment)

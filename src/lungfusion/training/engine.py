@@ -68,7 +68,13 @@ class TrainSettings:
     selection_metric: str = "gmean"
     early_stopping_patience: int = 10
     augment: dict = field(
-        default_factory=lambda: {"flip": True, "rotate_deg": 10.0, "intensity_jitter": 0.1}
+        default_factory=lambda: {
+            "flip": True,
+            "rotate_deg": 10.0,
+            "ct_shift_hu": 20.0,
+            "pet_scale": 0.1,
+            "ct_window": [-1024.0, 1024.0],
+        }
     )
     num_workers: int = 0
     seed: int = 0
