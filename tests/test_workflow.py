@@ -87,6 +87,16 @@ def test_every_model_predicts_every_fold(tiny_run):
         assert len(tested) == len(set(tested))  # each patient tested at most once
 
 
+def test_late_fusion_integrates_the_image_submodels(tiny_run):
+    """The integrator reads every configured submodel's fold predictions, not only its own
+    clinical fit: CT and PET scores are features in every fold."""
+    summary = json.loads((tiny_run / "integrate/late_logistic/summary.json").read_text())
+    for fold in summary["folds"]:
+        assert {"ct", "pet", "clinical"} <= set(fold["submodel_sources"]), fold["fold"]
+        used = {name for p in fold["patterns"] for name in p["pattern"].split("+")}
+        assert {"ct", "clinical"} <= used, fold["patterns"]
+
+
 def test_metrics_and_report(tiny_run):
     table = pd.read_csv(tiny_run / "metrics/all.tsv", sep="\t")
     assert {"ct", "multistage", "mmtm", "late_logistic"} <= set(table.model)

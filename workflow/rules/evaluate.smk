@@ -23,7 +23,8 @@ rule integrate:
         runtime=30,
     params:
         cfg=sections("task", "cohort", "integrate"),
-        train_dir=lambda wc, input: Path(input.submodels[0]).parents[1],
+        # results/train/{model}/fold{k}/summary.json -> results/train
+        train_dir=lambda wc, input: Path(input.submodels[0]).parents[2],
         out_dir=lambda wc, output: Path(output.done).parent,
     shell:
         "python -m lungfusion --params {params.cfg:q} integrate --name {wildcards.integrator}"
