@@ -84,22 +84,21 @@ def build_series_table(
 
 def write_file_lists(table: pd.DataFrame, files: dict[str, list[str]], folder: Path) -> None:
     """Write each indexed series' file list under ``folder`` and name it in ``table.files``."""
-    workdir = Path.cwd().resolve()
-    lists = (folder / FILE_LIST_FOLDER).resolve()
+    workdir = os.getcwd()  # already a physical path
+    lists = str((folder / FILE_LIST_FOLDER).resolve())  # ".." in entries is taken from here
+    inside = lists.startswith(workdir + os.sep)
     table["files"] = ""
     for index, uid in table["series_uid"].items():
         if isinstance(uid, str) and uid in files:
             relative = f"{FILE_LIST_FOLDER}/{uid}.txt"
-            lines = [_list_entry(Path(path), lists, workdir) for path in files[uid]]
-            write_text_atomic(folder / relative, "\n".join(lines) + "\n")
+            paths = [os.path.abspath(path) for path in files[uid]]
+            if inside:
+                paths = [
+                    os.path.relpath(p, lists) if p.startswith(workdir + os.sep) else p
+                    for p in paths
+                ]
+            write_text_atomic(folder / relative, "\n".join(paths) + "\n")
             table.loc[index, "files"] = relative
-
-
-def _list_entry(path: Path, lists: Path, workdir: Path) -> str:
-    path = path.resolve()
-    if path.is_relative_to(workdir) and lists.is_relative_to(workdir):
-        return os.path.relpath(path, lists)
-    return str(path)
 
 
 def read_file_list(list_path: Path) -> list[str]:

@@ -136,10 +136,6 @@ def hotspot_grid(
         peaks = search
     best = _best_hot_spot(suv, peaks, lung, spacing_zyx)
     z, y, x = best["peak"]
-    centre = [float(x), float(y), float(z)]
-    lesion = None
-    if lungs is not None:
-        lesion = lesion_centre_near(ct, region, lungs, best["peak"], shape)
     info = {
         "centre_from": (
             f"PET hot spot: SUV peak x (shell lung fraction + {HOTSPOT_LUNG_BIAS:g})"
@@ -156,6 +152,8 @@ def hotspot_grid(
         "hotspot_index": [int(x), int(y), int(z)],
         "box_centre": "PET hot spot",
     }
+    centre = [float(x), float(y), float(z)]
+    lesion = None if lungs is None else lesion_centre_near(ct, region, lungs, best["peak"], shape)
     if lesion is not None:
         centre = lesion
         info["box_centre"] = "CT lesion at the hot spot (its voxels within the box's reach)"
@@ -197,21 +195,17 @@ def lesion_centre_near(
         sitk.GetArrayViewFromImage(lungs)[box] > 0,
         spacing_zyx,
     )
-    labels, count = ndi.label(tissue)
-    if count == 0:
-        return None
+    labels, _ = ndi.label(tissue)
     local_peak = peak - low
     grids = np.ogrid[tuple(slice(0, n) for n in tissue.shape)]
     offsets = [g - c for g, c in zip(grids, local_peak, strict=True)]
     near_mm = sum((o * s) ** 2 for o, s in zip(offsets, spacing_zyx, strict=True)) <= (
         LESION_SEARCH_MM**2
     )
-    touching = np.unique(labels[near_mm & tissue])
-    if touching.size == 0:
+    near_labels = labels[near_mm & tissue]
+    if near_labels.size == 0:
         return None
-    # the blob with most voxels near the peak
-    counts = [np.count_nonzero(near_mm & (labels == t)) for t in touching]
-    blob = labels == touching[int(np.argmax(counts))]
+    blob = labels == np.bincount(near_labels).argmax()  # the blob with most voxels near the peak
     blob &= sum((o / r) ** 2 for o, r in zip(offsets, reach, strict=True)) <= 1.0
     if not blob.any():
         return None
