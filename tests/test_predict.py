@@ -18,7 +18,7 @@ IN_SHAPE = (16, 32, 32)  # z, y, x
 CLASSES = ["ADC", "SQC"]
 
 
-def _save_checkpoint(path: Path, name: str, seed: int) -> None:
+def _save_checkpoint(path: Path, name: str, seed: int, *, tta: bool = False) -> None:
     """A best-model checkpoint exactly as training.engine.Trainer._save_best writes it."""
     torch.manual_seed(seed)
     build = {"n_classes": 2, "in_shape": list(IN_SHAPE), "widths": [4, 8], "blocks_per_stage": 1,
@@ -29,7 +29,7 @@ def _save_checkpoint(path: Path, name: str, seed: int) -> None:
         {
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "epoch": 1, "selection_metric": "gmean", "score": [0.5, -0.7], "val_loss": 0.7,
-            "config_hash": "test", "task": "classification", "classes": CLASSES,
+            "config_hash": "test", "task": "classification", "classes": CLASSES, "tta": tta,
             "model": {"name": name, "build": build, "tabular_columns": []},
         },
         path,
@@ -105,6 +105,30 @@ def test_predict_without_pet_skips_pet_models(synthetic, tmp_path):
     assert record["patient_id"] == "case7" and record["imaging"]["has_pet"] is False
     assert "probabilities" in record["models"]["ct"]
     assert "PET" in record["models"]["early"]["skipped"]
+
+
+def test_predict_scores_a_tta_checkpoint_as_it_was_selected(tmp_path):
+    """A model trained with train.tta is scored with the mean over the eight in-plane
+    symmetries, as its validation was."""
+    import numpy as np
+
+    from lungfusion.commands.predict import predict_model, roi_batch
+    from lungfusion.training.engine import symmetric_logits
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "p.npz"
+    np.savez(npz, ct=rng.uniform(0, 1, IN_SHAPE).astype(np.float32),
+             pet=rng.uniform(0, 1, IN_SHAPE).astype(np.float32), has_pet=True)  # fmt: skip
+    checkpoint = tmp_path / "early" / "fold0" / "model.pt"
+    _save_checkpoint(checkpoint, "early", seed=3, tta=True)
+    result = predict_model([checkpoint], npz, has_pet=True, tab_context=None, device="cpu")
+    model, _ = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        batch = roi_batch(npz)
+        expected = torch.softmax(symmetric_logits(model, batch), dim=1)[0, 1].item()
+        plain = torch.softmax(model(batch), dim=1)[0, 1].item()
+    assert result["probabilities"]["SQC"] == pytest.approx(expected, abs=1e-6)
+    assert abs(plain - expected) > 1e-6
 
 
 def test_parse_clinical():

@@ -238,3 +238,128 @@ def test_augmentation_moves_intensities_as_scanners_do():
     assert len(shifts) > 5 and len(scales) > 5 and flips == {True, False}
     with pytest.raises(ValueError, match="negative"):
         augmentation(ct_shift_hu=-1.0)
+
+
+def _in_plane_symmetries(image: np.ndarray) -> list[np.ndarray]:
+    """The eight turns and mirrors of (..., y, x)."""
+    turned = [np.rot90(image, k, axes=(-2, -1)) for k in range(4)]
+    return turned + [t[..., ::-1] for t in turned]
+
+
+def test_rotate90_draws_all_eight_in_plane_symmetries_for_ct_and_pet_alike():
+    from monai.transforms import Compose  # noqa: PLC0415
+
+    from lungfusion.training.data import augmentation  # noqa: PLC0415
+
+    ct = np.arange(2 * 5 * 5, dtype=np.float32).reshape(1, 2, 5, 5)  # no symmetry of its own
+    pet = ct * 10.0
+    transform = Compose(
+        augmentation(flip=True, rotate90=True, rotate_deg=0, ct_shift_hu=0, pet_scale=0)
+    )
+    transform.set_random_state(seed=1)
+    candidates = _in_plane_symmetries(ct)
+    seen = []
+    for _ in range(200):
+        out = transform({"ct": torch.tensor(ct), "pet": torch.tensor(pet)})
+        out_ct, out_pet = np.asarray(out["ct"]), np.asarray(out["pet"])
+        matches = [k for k, c in enumerate(candidates) if np.array_equal(out_ct, c)]
+        assert len(matches) == 1, "the output is not a turn or mirror of the input"
+        np.testing.assert_array_equal(out_pet, out_ct * 10.0)
+        seen.append(matches[0])
+    counts = np.bincount(seen, minlength=8)
+    assert (counts > 10).all(), counts  # each of the 8 about 25 times
+
+
+def test_test_time_augmentation_is_invariant_and_used_for_predictions(cohort, tmp_path):
+    from lungfusion.training.engine import symmetric_logits  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = build_model("early", n_classes=2, in_shape=SHAPE, widths=(4, 8), blocks_per_stage=1)
+    model.eval()
+    rng = np.random.default_rng(0)
+    batch = {
+        "ct": torch.tensor(rng.uniform(0, 1, (2, 1, *SHAPE)), dtype=torch.float32),
+        "pet": torch.tensor(rng.uniform(0, 1, (2, 1, *SHAPE)), dtype=torch.float32),
+        "has_pet": torch.tensor([True, True]),
+    }
+    with torch.no_grad():
+        mean = symmetric_logits(model, batch)
+        by_hand = []
+        for ct, pet in zip(
+            _in_plane_symmetries(batch["ct"].numpy()),
+            _in_plane_symmetries(batch["pet"].numpy()),
+            strict=True,
+        ):
+            view = {**batch, "ct": torch.tensor(ct.copy()), "pet": torch.tensor(pet.copy())}
+            by_hand.append(model(view))
+        torch.testing.assert_close(mean, torch.stack(by_hand).mean(0), rtol=1e-5, atol=1e-6)
+        turned = {**batch, "ct": batch["ct"].rot90(1, (-2, -1)).flip(-1)}
+        turned["pet"] = batch["pet"].rot90(1, (-2, -1)).flip(-1)
+        torch.testing.assert_close(symmetric_logits(model, turned), mean, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(model(turned), model(batch), atol=1e-4)  # the net alone is not
+
+    augment = {**FAST, "rotate90": True}
+    summary = _train(cohort, tmp_path, settings=_settings(augment=augment, tta=True))
+    assert summary["settings"]["tta"] is True
+    payload = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=False)
+    assert payload["tta"] is True
+    model = build_model("early", n_classes=2, in_shape=SHAPE, widths=(4, 8), blocks_per_stage=1)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    test = roi_dataset(cohort["records"]["test"])
+    with torch.no_grad():
+        probs = [
+            torch.softmax(
+                symmetric_logits(
+                    model, {k: v[None] for k, v in test[i].items() if k in ("ct", "pet")}
+                ),
+                dim=1,
+            )[0, 1].item()
+            for i in range(len(test))
+        ]
+    table = pd.read_csv(tmp_path / "predictions.tsv", sep="\t")
+    np.testing.assert_allclose(table.prob_SQC, probs, atol=1e-5)
+
+
+def test_turning_the_roi_needs_square_slices(tmp_path):
+    from lungfusion.training.engine import _check_square_slices  # noqa: PLC0415
+
+    path = tmp_path / "p.npz"
+    np.savez(path, ct=np.zeros((4, 6, 8), np.float32), pet=np.zeros((4, 6, 8), np.float32))
+    with pytest.raises(ValueError, match="square slices; roi.shape gives 8 x 6"):
+        _check_square_slices({"path": str(path)})
+
+
+def test_weight_average_is_what_is_selected_scored_and_resumed(cohort, tmp_path):
+    """With ema_decay, model.pt holds the moving average of the weights (not the last step's),
+    the held-out predictions come from it, and a killed run resumes the average too."""
+    settings = _settings(epochs=2, ema_decay=0.8, selection_metric="loss")
+    whole = tmp_path / "whole"
+    summary = _train(cohort, whole, settings=settings)
+    assert summary["settings"]["ema_decay"] == 0.8
+    last = torch.load(whole / "last.pt", weights_only=False)
+    best = torch.load(whole / "model.pt", weights_only=False)
+    averaged = {k.removeprefix("module."): v for k, v in last["ema_state"].items()}
+    n_train = len(cohort["records"]["train"])
+    steps_per_epoch = n_train // 4 + (n_train % 4 > 1)  # batch 4; a lone last sample is dropped
+    assert averaged.pop("n_averaged").item() == 2 * steps_per_epoch
+    weights = [k for k in averaged if k.endswith(".weight")]
+    assert any(not torch.equal(averaged[k], last["model_state"][k]) for k in weights)
+    if best["epoch"] == 2:  # the average after the last step is the checkpoint
+        for k in weights:
+            torch.testing.assert_close(best["state_dict"][k], averaged[k])
+
+    def kill_after_first_epoch(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        _train(cohort, resumed, settings=settings, on_epoch_end=kill_after_first_epoch)
+    _train(cohort, resumed, settings=settings)
+    for name in ("predictions.tsv", "history.tsv"):
+        a = pd.read_csv(whole / name, sep="\t").drop(columns="seconds", errors="ignore")
+        b = pd.read_csv(resumed / name, sep="\t").drop(columns="seconds", errors="ignore")
+        pd.testing.assert_frame_equal(a, b)
+    with pytest.raises(ValueError, match="ema_decay"):
+        _settings(ema_decay=1.0)

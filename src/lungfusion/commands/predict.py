@@ -220,6 +220,7 @@ def predict_model(
     import torch
 
     from lungfusion.models import required_modalities
+    from lungfusion.training.engine import symmetric_logits
 
     folds = {}
     for path in checkpoints:
@@ -236,8 +237,10 @@ def predict_model(
                 }
             fold = int(FOLD_DIR.match(path.parent.name).group(1))
             tab = tab_context(meta["tabular_columns"], fold)
+        batch = roi_batch(npz, tab=tab, device=device)
         with torch.no_grad():
-            output = model(roi_batch(npz, tab=tab, device=device)).float().cpu()
+            output = symmetric_logits(model, batch) if payload.get("tta") else model(batch)
+        output = output.float().cpu()
         if payload.get("task") == "survival":
             folds[path.parent.name] = {"risk": float(output.reshape(-1)[0])}
         else:

@@ -19,6 +19,7 @@ from monai.transforms import (
     EnsureTyped,
     MapTransform,
     RandFlipd,
+    RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -55,6 +56,7 @@ class LoadRoid(MapTransform):
 def augmentation(
     *,
     flip: bool = True,
+    rotate90: bool = False,
     rotate_deg: float = 10.0,
     ct_shift_hu: float = 20.0,
     pet_scale: float = 0.1,
@@ -64,13 +66,18 @@ def augmentation(
     aligned. Intensities move only as much as the modalities vary between scanners: CT is
     calibrated in HU, so it is shifted by up to ``ct_shift_hu`` (given on the ROI's
     ``ct_window``); SUV scales with calibration and uptake time, so PET is multiplied by a
-    factor within ``1 +- pet_scale`` (its window starts at 0, so this is a scale of the SUV)."""
+    factor within ``1 +- pet_scale`` (its window starts at 0, so this is a scale of the SUV).
+    ``rotate90`` turns the slices by a random multiple of 90 degrees: with the mirror, any of
+    the eight in-plane symmetries of the square ROI, for tumour-centred boxes whose class does
+    not depend on the orientation."""
     if rotate_deg < 0 or ct_shift_hu < 0 or pet_scale < 0:
         raise ValueError("rotate_deg, ct_shift_hu and pet_scale must not be negative")
     keys = list(IMAGE_KEYS)
     transforms: list = []
     if flip:  # left-right mirror (x is the last axis)
         transforms.append(RandFlipd(keys=keys, prob=0.5, spatial_axis=2))
+    if rotate90:  # k = 0..3 equally likely; (y, x) are spatial axes 1 and 2 of (z, y, x)
+        transforms.append(RandRotate90d(keys=keys, prob=0.75, max_k=3, spatial_axes=(1, 2)))
     if rotate_deg > 0:  # in-plane: about the z axis, the first spatial axis of (C, z, y, x)
         angle = math.radians(rotate_deg)
         transforms.append(

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from monai.data import DataLoader
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from lungfusion.artifacts import atomic_path, software_versions, write_json_atomic
-from lungfusion.training.data import roi_dataset
+from lungfusion.training.data import IMAGE_KEYS, roi_dataset, roi_shape
 from lungfusion.training.device import (
     autocast,
     device_description,
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_gmean", "lr", "seconds"]
 BATCH_KEYS = ("ct", "pet", "has_pet", "tab")
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 IMBALANCE = ("class_weight", "oversample", "none")
 SELECTION = ("gmean", "loss", "auc")
 TASKS = ("classification", "survival")
@@ -62,6 +63,7 @@ class TrainSettings:
     lr_gamma: float = 0.1
     sgd_momentum: float = 0.9
     optimizer: str = "adam"
+    weight_decay: float = 0.0
     imbalance: str = "class_weight"
     loss: str = "cross_entropy"
     focal_gamma: float = 2.0
@@ -76,6 +78,8 @@ class TrainSettings:
             "ct_window": [-1024.0, 1024.0],
         }
     )
+    ema_decay: float | None = None  # select and score a moving average of the weights
+    tta: bool = False  # score the mean logits of the eight in-plane symmetries of the ROI
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -94,6 +98,10 @@ class TrainSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.lr_gamma <= 0:
             raise ValueError("lr and lr_gamma must be positive")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must not be negative, got {self.weight_decay}")
         if self.task == "classification" and len(self.classes) < 2:
             raise ValueError(f"classification needs at least two classes, got {self.classes}")
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -258,6 +266,20 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return out
 
 
+def symmetric_logits(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Test-time augmentation: the mean logits over the ROI turned by 0-270 degrees in-plane,
+    each with and without the left-right mirror (the symmetries ``rotate90`` trains on)."""
+    outputs = []
+    for turns in range(4):
+        for mirror in (False, True):
+            view = dict(batch)
+            for key in IMAGE_KEYS:
+                image = torch.rot90(batch[key], turns, dims=(-2, -1))
+                view[key] = image.flip(-1) if mirror else image
+            outputs.append(model(view).float())
+    return torch.stack(outputs).mean(0)
+
+
 # ------------------------------------------------------------------------------------- core
 
 
@@ -280,6 +302,7 @@ class Trainer:
         self.run_hash = run_hash
         self.model_meta = model_meta or {}
         self.weights: torch.Tensor | None = None
+        self.ema: AveragedModel | None = None  # while fitting with ema_decay
 
     # -- loss and scoring
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -297,11 +320,13 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, loader: DataLoader) -> tuple[float, np.ndarray, list[dict]]:
         """Mean loss over the set, the outputs (probabilities or risks) and the raw targets."""
-        self.model.eval()
+        model = self.scored_model
+        model.eval()
         outputs, targets, ids = [], [], []
         for batch in loader:
             with autocast(self.device):
-                raw = self.model(_to_device(batch, self.device))
+                inputs = _to_device(batch, self.device)
+                raw = symmetric_logits(model, inputs) if self.settings.tta else model(inputs)
             raw = raw.float()
             outputs.append(raw.cpu())
             ids += list(batch["patient_id"])
@@ -318,6 +343,11 @@ class Trainer:
             for i, pid in enumerate(ids)
         ]
         return loss, values, rows
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The weights validation scores and checkpoints hold: the moving average, if any."""
+        return self.model if self.ema is None else self.ema.module
 
     def metrics(self, values: np.ndarray, rows: list[dict]) -> dict:
         if self.settings.task == "survival":
@@ -341,12 +371,14 @@ class Trainer:
 
     # -- optimisation
     def _optimiser(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
-        params = self.model.parameters()
-        if self.settings.optimizer == "adam":
-            optimiser = torch.optim.Adam(params, lr=self.settings.lr)
+        params, lr, decay = self.model.parameters(), self.settings.lr, self.settings.weight_decay
+        if self.settings.optimizer == "adam":  # weight decay as an L2 term of the gradient
+            optimiser = torch.optim.Adam(params, lr=lr, weight_decay=decay)
+        elif self.settings.optimizer == "adamw":  # decoupled weight decay
+            optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
         else:
             optimiser = torch.optim.SGD(
-                params, lr=self.settings.lr, momentum=self.settings.sgd_momentum
+                params, lr=lr, momentum=self.settings.sgd_momentum, weight_decay=decay
             )
         scheduler = torch.optim.lr_scheduler.StepLR(
             optimiser, step_size=self.settings.lr_step_epochs, gamma=self.settings.lr_gamma
@@ -363,6 +395,8 @@ class Trainer:
             loss = self.loss(outputs, batch)
             loss.backward()
             optimiser.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             size = len(batch["patient_id"])
             total += float(loss.detach()) * size
             count += size
@@ -378,12 +412,18 @@ class Trainer:
         """Train with selection on ``val_records``; resume from ``last.pt`` when it matches."""
         started = time.perf_counter()
         settings = self.settings
+        if settings.tta or settings.augment.get("rotate90"):
+            _check_square_slices(train_records[0])
         seed_everything(settings.seed)
         if settings.task == "classification" and settings.imbalance == "class_weight":
             self.weights = class_weights([r["label"] for r in train_records], len(settings.classes))
         train_set = roi_dataset(train_records, augment=dict(settings.augment))
         val_loader = _eval_loader(roi_dataset(val_records), settings)
         optimiser, scheduler = self._optimiser()
+        if settings.ema_decay is not None:  # buffers too: BN statistics of the averaged weights
+            self.ema = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True
+            )
         state = self._resume(optimiser, scheduler)
         history, best = state["history"], state["best"]
         resumed_from = state["epoch"]
@@ -433,6 +473,7 @@ class Trainer:
         bar.close()
         best_state = torch.load(self.out_dir / "model.pt", map_location="cpu", weights_only=False)
         self.model.load_state_dict(best_state["state_dict"])
+        self.ema = None  # the selected weights are now the model's
         return FitResult(
             best_state=best_state["state_dict"],
             best_epoch=best["epoch"],
@@ -457,6 +498,8 @@ class Trainer:
             log.info("ignoring %s: it was written under another configuration", path)
             return fresh
         self.model.load_state_dict(saved["model_state"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema_state"])
         optimiser.load_state_dict(saved["optimizer_state"])
         scheduler.load_state_dict(saved["scheduler_state"])
         _set_rng_states(saved["rng"])
@@ -465,9 +508,10 @@ class Trainer:
 
     def _save_best(self, best: dict) -> None:
         payload = {
-            "state_dict": _cpu_state(self.model),
+            "state_dict": _cpu_state(self.scored_model),
             "epoch": best["epoch"],
             "selection_metric": self.settings.selection_metric,
+            "tta": self.settings.tta,  # predict scores the checkpoint as it was selected
             "score": best["score"],
             "val_loss": best["val_loss"],
             "config_hash": self.run_hash,
@@ -483,6 +527,7 @@ class Trainer:
             **state,
             "config_hash": self.run_hash,
             "model_state": _cpu_state(self.model),
+            "ema_state": None if self.ema is None else _cpu_state(self.ema),
             "optimizer_state": optimiser.state_dict(),
             "scheduler_state": scheduler.state_dict(),
             "rng": _rng_states(),
@@ -513,6 +558,15 @@ class Trainer:
             for k, name in enumerate(self.settings.classes):
                 table[f"prob_{name}"] = values[:, k]
         return table
+
+
+def _check_square_slices(record: dict) -> None:
+    z, y, x = roi_shape(record)
+    if y != x:
+        raise ValueError(
+            f"train.augment.rotate90 and train.tta turn the ROI in-plane, which needs square "
+            f"slices; roi.shape gives {x} x {y} (x, y) in {record['path']}"
+        )
 
 
 def _empty_predictions(settings: TrainSettings) -> pd.DataFrame:
