@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from roi_measurements import information_ladder  # bench/ is the script's folder
 from sklearn.metrics import roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,77 +247,6 @@ def _inside(point: np.ndarray, low: np.ndarray, high: np.ndarray, margin: float 
     return bool(np.all(point - margin >= low) and np.all(point + margin <= high))
 
 
-def roi_feature_baseline(results: Path, config: dict) -> dict | None:
-    """What the ROI tensors carry, without a network: a diagnostic, not a pipeline model.
-
-    Hand-made features of each patient's ROI, chosen with knowledge of the generator's
-    phenotype (docs/synthetic_cohort.md): SUVmax and a metabolic volume, solid and
-    ground-glass volume in the tumour, and the concordance of the dense CT component with the
-    PET hot spot (the cosine between their directions from the tumour's centre). A logistic
-    regression on them is fit per fold on the fold's training and validation patients and
-    scored on its test patients, as the networks are; pooled out-of-fold AUROC. Patients
-    without PET are left out.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    folds_path = results / "splits" / "folds.tsv"
-    if not folds_path.is_file():
-        return None
-    folds = pd.read_csv(folds_path, sep="\t", dtype={"patient_id": str})
-    folds = folds[folds.has_pet.astype(str).str.lower().isin(["true", "1"])]
-    ct_window, suv_window = config["roi"]["ct_window"], config["roi"]["suv_window"]
-    features = {}
-    for pid in sorted(set(folds.patient_id)):
-        path = results / "roi" / f"{pid}.npz"
-        if path.is_file():
-            with np.load(path) as roi:
-                features[pid] = _roi_features(roi["ct"], roi["pet"], ct_window, suv_window)
-    positive = config["cohort"]["classes"][-1]
-    scores, labels = [], []
-    for _, fold in folds[folds.patient_id.isin(features)].groupby("fold"):
-        fit, test = fold[fold.role != "test"], fold[fold.role == "test"]
-        y_fit = (fit.label == positive).to_numpy(int)
-        if len(set(y_fit)) < 2 or test.empty:
-            continue
-        model = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced"))
-        model.fit(np.array([features[p] for p in fit.patient_id]), y_fit)
-        scores += list(model.predict_proba(np.array([features[p] for p in test.patient_id]))[:, 1])
-        labels += list((test.label == positive).astype(int))
-    if len(set(labels)) < 2:
-        return None
-    return {"auc": float(roc_auc_score(labels, scores)), "n": len(labels)}
-
-
-def _roi_features(ct01, pet01, ct_window, suv_window) -> list[float]:
-    hu = ct01 * (ct_window[1] - ct_window[0]) + ct_window[0]
-    suv = pet01 * (suv_window[1] - suv_window[0]) + suv_window[0]
-    suv_max = float(suv.max())
-    hot = suv >= 0.9 * suv_max
-    metabolic = suv >= 0.4 * suv_max
-    tumour = metabolic | ((hu > -600) & (suv >= 0.25 * suv_max))
-    solid = tumour & (hu > -100)
-    dense = solid & (hu >= np.percentile(hu[solid], 85)) if solid.sum() > 10 else solid
-    centre = _centroid(solid if solid.any() else tumour)
-    to_hot, to_dense = _centroid(hot) - centre, _centroid(dense) - centre
-    norms = np.linalg.norm(to_hot) * np.linalg.norm(to_dense)
-    cosine = float(to_hot @ to_dense / norms) if norms > 0 else 0.0
-    return [
-        np.log(max(suv_max, 1e-3)),
-        np.log1p(metabolic.sum()),
-        np.log1p(solid.sum()),
-        float((tumour & (hu > -700) & (hu < -300)).sum() / max(tumour.sum(), 1)),
-        float((tumour & (hu < -900)).sum() > 3),  # cavity
-        cosine,
-    ]
-
-
-def _centroid(mask: np.ndarray) -> np.ndarray:
-    points = np.argwhere(mask)
-    return points.mean(axis=0) if len(points) else np.zeros(mask.ndim)
-
-
 def quality_rows(results: Path, synthetic_dir: Path, config: dict) -> tuple[list[dict], dict]:
     metrics = pd.read_csv(results / "metrics" / "all.tsv", sep="\t")
     oracle = pd.read_csv(synthetic_dir / "ground_truth" / "oracle.tsv", sep="\t", dtype=str)
@@ -356,7 +286,7 @@ def quality_rows(results: Path, synthetic_dir: Path, config: dict) -> tuple[list
             }
         )
     extra = {"oracle_json": oracle_json, "seconds": seconds}
-    extra["roi_features"] = roi_feature_baseline(results, config)
+    extra["ladder"] = information_ladder(results, synthetic_dir, config)
     extra["coverage"] = roi_coverage(results, synthetic_dir, set(oracle.patient_id))
     return rows, extra
 
@@ -405,18 +335,30 @@ def verdict(rows: list[dict], n_cohort: int) -> str:
     )
 
 
-def feature_baseline_lines(baseline: dict | None) -> list[str]:
-    if not baseline:
+def ladder_lines(ladder: dict | None) -> list[str]:
+    """What the ROI shows of the latents (roi_measurements.py): a diagnostic, not a model."""
+    if not ladder:
         return []
-    return [
-        f"Diagnostic, not a model of the pipeline: a logistic regression on six hand-made ROI "
-        f"features (SUVmax, metabolic, solid and ground-glass volume, cavity, and the cosine "
-        f"between the dense CT component's and the PET hot spot's directions from the tumour "
-        f"centre), same folds, reaches a pooled out-of-fold AUROC of **{fmt(baseline['auc'])}** "
-        f"on {baseline['n']} patients with PET: what the ROI tensors carry that a network "
-        "could learn (`roi_feature_baseline` in this script).",
+    lines = [
+        f"Diagnostic, not a model of the pipeline, on the {ladder['n']} patients with PET and "
+        "the same folds: logistic regressions fit on each fold's training and validation "
+        "patients, pooled out-of-fold AUROC.",
         "",
+        f"- on the **true image latents** a tumour-centred ROI can show (ground-glass fraction, "
+        f"concordance, SUVmax, diameter, cavitation, necrosis): **{fmt(ladder['auc_true_latents'])}**"
+        " (the finite-sample ceiling of a simple model on perfect features);",
+        f"- on **hand measurements of those latents from the ROI tensors**: "
+        f"**{fmt(ladder['auc_measured'])}**.",
+        "",
+        "How well each latent is measured (Spearman rank correlation with the latent, or AUROC "
+        "for a yes/no latent):",
+        "",
+        "| measurement | latent | agreement |",
+        "|---|---|---:|",
     ]
+    for name, a in ladder["agreement"].items():
+        lines.append(f"| {name} | {a['latent']} | {a['kind']} {fmt(a['value'])} |")
+    return [*lines, ""]
 
 
 def coverage_lines(coverage: dict, roi: dict) -> list[str]:
@@ -467,6 +409,10 @@ def write_report(
         f"**{config['splits']['n_folds']} folds** (validation fraction "
         f"{config['splits']['validation_fraction']}); **{train['epochs']} epochs** at most, "
         f"batch {train['batch_size']}, lr {train.get('lr', 0.001)}, widths {train['widths']}, "
+        f"optimizer {train.get('optimizer', 'adam')} (weight decay "
+        f"{train.get('weight_decay', 0)}), weight average {train.get('ema_decay')}, "
+        f"rotate90 {train.get('augment', {}).get('rotate90', False)}, tta "
+        f"{train.get('tta', False)}, "
         f"imbalance {train.get('imbalance', 'class_weight')}, selection on validation "
         f"{train.get('selection_metric', 'gmean')}, early-stopping patience "
         f"{train.get('early_stopping_patience', 10)}; "
@@ -500,7 +446,7 @@ def write_report(
             f"{fmt(r['ratio_image'], 2)} | {fmt(r['full_oracle'])} | "
             f"{fmt(r['ratio_full'], 2)} | {fmt(r['seconds'], 0)} | {epochs or 'n/a'} |"
         )
-    lines += ["", verdict(rows, n_cohort), "", *feature_baseline_lines(extra["roi_features"])]
+    lines += ["", verdict(rows, n_cohort), "", *ladder_lines(extra["ladder"])]
     lines += [
         f"Job seconds summed over the rules' benchmark files: preprocessing (synth to roi) "
         f"{preprocess:.0f} s, training {training:.0f} s. Workdir: `{workdir}`.",
