@@ -25,10 +25,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-SPACING_ZYX = np.array([3.27, 0.977, 0.977])
 GGO_HU, SOLID_HU, DENSE_HU, CAVITY_HU = -700.0, -300.0, 70.0, -900.0  # boundaries between parts
 MEASURED = ["solid_ratio", "dense_hot_cosine", "log_suvmax", "log_volume", "cavity", "cold_core"]
-LATENTS = ["ggo_fraction", "concordant", "suvmax", "diameter_mm", "cavitation", "necrosis"]
 # how each measurement is compared with its latent: rank correlation or AUROC for a flag
 AGREEMENT = {
     "solid_ratio": ("ggo_fraction", "spearman", -1),
@@ -62,7 +60,9 @@ def tumour_mask(hu: np.ndarray, lungs: np.ndarray) -> np.ndarray:
     return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
 
 
-def measure(hu: np.ndarray, suv: np.ndarray, lungs: np.ndarray) -> dict | None:
+def measure(
+    hu: np.ndarray, suv: np.ndarray, lungs: np.ndarray, spacing_zyx: np.ndarray
+) -> dict | None:
     """The six measurements of one ROI (HU and SUV arrays, z-y-x), or None without a lesion."""
     tumour = tumour_mask(hu, lungs)
     if not tumour.any():
@@ -75,9 +75,9 @@ def measure(hu: np.ndarray, suv: np.ndarray, lungs: np.ndarray) -> dict | None:
     dense_centre = np.argwhere(dense).mean(axis=0) if dense.sum() > 3 else centre
     uptake = np.where(tumour, suv, 0.0)
     hot_centre = np.argwhere(uptake >= 0.8 * uptake.max()).mean(axis=0)
-    to_dense, to_hot = (dense_centre - centre) * SPACING_ZYX, (hot_centre - centre) * SPACING_ZYX
+    to_dense, to_hot = (dense_centre - centre) * spacing_zyx, (hot_centre - centre) * spacing_zyx
     norms = np.linalg.norm(to_dense) * np.linalg.norm(to_hot)
-    inner = tumour & (ndi.distance_transform_edt(tumour, sampling=SPACING_ZYX) > 2.5)
+    inner = tumour & (ndi.distance_transform_edt(tumour, sampling=spacing_zyx) > 2.5)
     suv_max = max(float(uptake.max()), 1e-2)
     return {
         "solid_ratio": float(np.sqrt(solid[widest].sum() / tumour[widest].sum())),
@@ -122,7 +122,7 @@ def information_ladder(results: Path, synthetic_dir: Path, config: dict) -> dict
         with np.load(path) as roi:
             hu = roi["ct"] * (ct_high - ct_low) + ct_low
             suv = roi["pet"] * (suv_high - suv_low) + suv_low
-            found = measure(hu, suv, roi["lungs"] > 0)
+            found = measure(hu, suv, roi["lungs"] > 0, roi["spacing"][::-1])  # spacing is x, y, z
         if found is not None:
             rows.append({"patient_id": pid, **found})
     if not rows:

@@ -220,7 +220,7 @@ def predict_model(
     import torch
 
     from lungfusion.models import required_modalities
-    from lungfusion.training.engine import symmetric_logits
+    from lungfusion.training.engine import forward_logits
 
     folds = {}
     for path in checkpoints:
@@ -237,10 +237,9 @@ def predict_model(
                 }
             fold = int(FOLD_DIR.match(path.parent.name).group(1))
             tab = tab_context(meta["tabular_columns"], fold)
-        batch = roi_batch(npz, tab=tab, device=device)
         with torch.no_grad():
-            output = symmetric_logits(model, batch) if payload.get("tta") else model(batch)
-        output = output.float().cpu()
+            batch = roi_batch(npz, tab=tab, device=device)
+            output = forward_logits(model, batch, tta=bool(payload.get("tta"))).float().cpu()
         if payload.get("task") == "survival":
             folds[path.parent.name] = {"risk": float(output.reshape(-1)[0])}
         else:

@@ -280,6 +280,11 @@ def symmetric_logits(model: nn.Module, batch: dict) -> torch.Tensor:
     return torch.stack(outputs).mean(0)
 
 
+def forward_logits(model: nn.Module, batch: dict, *, tta: bool) -> torch.Tensor:
+    """The model's logits, averaged over the in-plane symmetries when trained with ``tta``."""
+    return symmetric_logits(model, batch) if tta else model(batch)
+
+
 # ------------------------------------------------------------------------------------- core
 
 
@@ -325,8 +330,7 @@ class Trainer:
         outputs, targets, ids = [], [], []
         for batch in loader:
             with autocast(self.device):
-                inputs = _to_device(batch, self.device)
-                raw = symmetric_logits(model, inputs) if self.settings.tta else model(inputs)
+                raw = forward_logits(model, _to_device(batch, self.device), tta=self.settings.tta)
             raw = raw.float()
             outputs.append(raw.cpu())
             ids += list(batch["patient_id"])
