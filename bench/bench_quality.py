@@ -11,7 +11,13 @@ reaches 0.9 of the image-only oracle AUC.
 
     python bench/bench_quality.py [--n 300] [--preset tiny] [--folds 3] [--epochs 8]
         [--models ct pet early late multistage mmtm clinical] [--roi-shape 32 32 16]
-        [--widths 16 32 64] [--cores 2] [--workdir bench/_work/quality] [--report-only]
+        [--widths 16 32 64] [--ideal-models early] [--cores 2] [--workdir bench/_work/quality]
+        [--report-only]
+
+After the pipeline, the ``--ideal-models`` are also trained on ideal ROIs (``ideal_rois.py``:
+the generator's anatomy drawn straight onto each pipeline ROI's grid) with the same folds and
+settings, and the ROI measurements are repeated on them, to tell what the imaging stages cost
+from what the learners miss.
 
 Settings come from config.yaml, then bench/quality_config.yaml, then the command line (written
 to ``WORKDIR/bench_overlay.yaml``). Snakemake reruns only what the changed settings touch, so a
@@ -33,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from roi_measurements import information_ladder  # bench/ is the script's folder
+from ideal_rois import write_ideal_rois  # bench/ is the script's folder
+from roi_measurements import information_ladder
 from sklearn.metrics import roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +64,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--roi-shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"))
     parser.add_argument("--widths", type=int, nargs=3, default=None)
+    parser.add_argument(
+        "--ideal-models", nargs="*", default=["early"],
+        help="models also trained on ideal ROIs (bench/ideal_rois.py); none: skip (default: early)",
+    )  # fmt: skip
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument(
@@ -134,6 +145,59 @@ def snakemake(
     if status.returncode != 0:
         tail = log_path.read_text()[-3000:]
         raise SystemExit(f"snakemake failed (exit {status.returncode}); end of {log_path}:\n{tail}")
+
+
+def train_on_ideal_rois(workdir: Path, config_path: Path, config: dict, models: list[str]) -> None:
+    """Write the ideal ROIs, then train ``models`` on them with the pipeline's folds and
+    settings through `lungfusion train`; a fold with predictions already there is skipped."""
+    ideal = workdir / "ideal_roi"
+    print(f"ideal ROIs: {write_ideal_rois(workdir, config, ideal)} written to {ideal}", flush=True)
+    results = workdir / config["results"]
+    sheet = workdir / config["synthetic"]["out_dir"] / "clinical.tsv"
+    for model in models:
+        for fold in range(int(config["splits"]["n_folds"])):
+            out = workdir / "ideal_train" / model / f"fold{fold}"
+            if (out / "predictions.tsv").is_file():
+                continue
+            cmd = [
+                sys.executable, "-m", "lungfusion", "--config", str(config_path), "train",
+                "--model", model, "--fold", str(fold), "--folds", str(results / "splits" / "folds.tsv"),
+                "--roi-dir", str(ideal), "--sample-sheet", str(sheet), "--out-dir", str(out),
+                "--no-progress",
+            ]  # fmt: skip
+            print("running:", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, cwd=workdir)
+
+
+def ideal_rows(workdir: Path, synthetic_dir: Path, config: dict, rows: list[dict]) -> list[dict]:
+    """Each model trained on ideal ROIs: pooled out-of-fold AUROC beside the pipeline's."""
+    oracle = pd.read_csv(synthetic_dir / "ground_truth" / "oracle.tsv", sep="\t", dtype=str)
+    oracle[oracle.columns[2:]] = oracle[oracle.columns[2:]].astype(float)
+    positive = config["cohort"]["classes"][-1]
+    pipeline = {r["model"]: r for r in rows}
+    found = []
+    for folder in sorted((workdir / "ideal_train").glob("*")):
+        parts = [
+            folder / f"fold{k}" / "predictions.tsv" for k in range(config["splits"]["n_folds"])
+        ]
+        if not all(p.is_file() for p in parts):
+            continue
+        table = pd.concat(pd.read_csv(p, sep="\t", dtype={"patient_id": str}) for p in parts)
+        auc = roc_auc_score(table.label == positive, table[f"prob_{positive}"])
+        image_oracle = oracle_auc(
+            oracle, sorted(set(table.patient_id)), f"p_image_{positive}", positive
+        )
+        found.append(
+            {
+                "model": folder.name,
+                "n": len(table),
+                "auc": float(auc),
+                "pipeline_auc": pipeline.get(folder.name, {}).get("auc"),
+                "image_oracle": image_oracle,
+                "ratio_image": auc / image_oracle,
+            }
+        )
+    return found
 
 
 # --- reading the results ------------------------------------------------------------------------
@@ -361,6 +425,43 @@ def ladder_lines(ladder: dict | None) -> list[str]:
     return [*lines, ""]
 
 
+def ideal_lines(ideal: list[dict], ladder: dict | None) -> list[str]:
+    """The same patients, folds and settings on ROIs drawn straight from the generator."""
+    if not ideal and not ladder:
+        return []
+    lines = [
+        "**Ideal ROIs** (`bench/ideal_rois.py`): each patient's anatomy rendered by the generator "
+        "straight onto its pipeline ROI's grid, with the scanner blur, PSF and noise of the "
+        "preset but no DICOM, registration, resampling or segmentation. Same folds and training "
+        "settings.",
+        "",
+    ]
+    if ladder:
+        lines += [
+            f"- hand measurements from the ideal ROIs: **{fmt(ladder['auc_measured'])}** "
+            f"(true latents {fmt(ladder['auc_true_latents'])}, {ladder['n']} patients); "
+            "agreement: "
+            + ", ".join(
+                f"{name} {a['kind']} {fmt(a['value'])}" for name, a in ladder["agreement"].items()
+            )
+            + ".",
+            "",
+        ]
+    if ideal:
+        lines += [
+            "| model | patients | AUROC on pipeline ROIs | AUROC on ideal ROIs | image oracle "
+            "| ratio (ideal) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in ideal:
+            lines.append(
+                f"| {r['model']} | {r['n']} | {fmt(r['pipeline_auc'])} | {fmt(r['auc'])} | "
+                f"{fmt(r['image_oracle'])} | {fmt(r['ratio_image'], 2)} |"
+            )
+        lines.append("")
+    return lines
+
+
 def coverage_lines(coverage: dict, roi: dict) -> list[str]:
     if not coverage:
         return []
@@ -447,6 +548,7 @@ def write_report(
             f"{fmt(r['ratio_full'], 2)} | {fmt(r['seconds'], 0)} | {epochs or 'n/a'} |"
         )
     lines += ["", verdict(rows, n_cohort), "", *ladder_lines(extra["ladder"])]
+    lines += ideal_lines(extra.get("ideal", []), extra.get("ladder_ideal"))
     lines += [
         f"Job seconds summed over the rules' benchmark files: preprocessing (synth to roi) "
         f"{preprocess:.0f} s, training {training:.0f} s. Workdir: `{workdir}`.",
@@ -480,9 +582,16 @@ def main() -> int:
     wall = None
     if not args.report_only:
         wall = run_pipeline(workdir, configs, config, args.cores)
+        if args.ideal_models:
+            train_on_ideal_rois(workdir, merged_path, config, args.ideal_models)
     results = workdir / config["results"]
     synthetic_dir = workdir / config["synthetic"]["out_dir"]
     rows, extra = quality_rows(results, synthetic_dir, config)
+    extra["ideal"] = ideal_rows(workdir, synthetic_dir, config, rows)
+    if (workdir / "ideal_roi").is_dir():
+        extra["ladder_ideal"] = information_ladder(
+            results, synthetic_dir, config, workdir / "ideal_roi"
+        )
     command = "python bench/bench_quality.py " + " ".join(sys.argv[1:])
     print(write_report(rows, extra, config, wall, workdir, command.strip()))
     return 0

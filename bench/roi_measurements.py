@@ -104,8 +104,11 @@ def _out_of_fold_auc(table: pd.DataFrame, columns: list[str], positive: str) -> 
     return float(roc_auc_score(labels, scores)) if len(set(labels)) > 1 else float("nan")
 
 
-def information_ladder(results: Path, synthetic_dir: Path, config: dict) -> dict | None:
-    """Logistic regressions on true and on measured latents, and how well each is measured."""
+def information_ladder(
+    results: Path, synthetic_dir: Path, config: dict, roi_dir: Path | None = None
+) -> dict | None:
+    """Logistic regressions on true and on measured latents, and how well each is measured,
+    from the ROIs in ``roi_dir`` (default: the pipeline's, ``results/roi``)."""
     folds_path = results / "splits" / "folds.tsv"
     latents_path = synthetic_dir / "ground_truth" / "latents.tsv"
     if not folds_path.is_file() or not latents_path.is_file():
@@ -116,7 +119,7 @@ def information_ladder(results: Path, synthetic_dir: Path, config: dict) -> dict
     (ct_low, ct_high), (suv_low, suv_high) = config["roi"]["ct_window"], config["roi"]["suv_window"]
     rows = []
     for pid in sorted(set(folds.patient_id)):
-        path = results / "roi" / f"{pid}.npz"
+        path = Path(roi_dir or results / "roi") / f"{pid}.npz"
         if not path.is_file():
             continue
         with np.load(path) as roi:

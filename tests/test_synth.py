@@ -15,6 +15,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import dcm2niix_path
 
+from lungfusion.synth import anatomy as anat
 from lungfusion.synth import generate_cohort
 from lungfusion.synth.anatomy import HU
 from lungfusion.synth.dicom_writer import parse_tm
@@ -335,3 +336,29 @@ def test_gaussian_blur_equals_scipy(sigma, truncate):
     got = gaussian_blur(volume, sigma, truncate=truncate)
     assert got.dtype == np.float32 and got.shape == volume.shape
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_patient_anatomy_rebuilds_the_written_patient(cohort):
+    """The diagnostics (bench/ideal_rois.py) re-render a patient from the seed alone."""
+    from lungfusion.synth.cohort import patient_anatomy
+    from lungfusion.synth.presets import get_preset
+
+    preset = get_preset(COHORT_ARGS["preset"])
+    sheet = {
+        r["patient_id"]: r for r in csv.DictReader((cohort / "clinical.tsv").open(), delimiter="\t")
+    }
+    for number, pid in enumerate(patient_ids(N_PATIENTS), start=1):
+        truth = _truth(cohort, pid)
+        anatomy = patient_anatomy(
+            number=number, label=sheet[pid]["label"], preset=preset, seed=SEED
+        )
+        centre = anatomy.centre + preset.scale * anatomy.tumour.centre
+        np.testing.assert_allclose(centre, truth["tumour"]["centre_mm"], atol=1e-9)
+        grid = truth["ct_grid"]
+        labels = anat.render_labels(
+            anatomy, origin=grid["origin"], spacing=grid["spacing"], size=grid["size"]
+        )
+        written = sitk.GetArrayFromImage(
+            sitk.ReadImage(str(cohort / "ground_truth" / pid / "tumour.nii.gz"))
+        )
+        np.testing.assert_array_equal(np.isin(labels, anat.TUMOUR_LABELS), written > 0)

@@ -234,6 +234,29 @@ def _write_nifti(array: np.ndarray, grid: Grid, path: Path) -> None:
     sitk.WriteImage(grid.image(array), str(path), useCompression=True)
 
 
+def _phenotype_and_anatomy(
+    rngs: dict[str, np.random.Generator], label: str, preset: Preset
+) -> tuple[dict, anat.Anatomy, Grid]:
+    latents = sample_latents(rngs["phenotype"], label)
+    days, event, lp = sample_survival(rngs["phenotype"], latents)
+    latents.update(survival_days=days, event=event, cox_linear_predictor=lp)
+    ct_grid, centre = _ct_grid(rngs["geometry"], preset)
+    anatomy = anat.sample_anatomy(
+        rngs["anatomy"],
+        latents,
+        centre=centre,
+        scale=preset.scale,
+        tumour_scale=preset.tumour_scale,
+    )
+    return latents, anatomy, ct_grid
+
+
+def patient_anatomy(*, number: int, label: str, preset: Preset, seed: int) -> anat.Anatomy:
+    """The anatomy ``generate_patient`` draws for patient ``number`` (1-based) of a cohort, in
+    the CT's physical space, without writing anything: for diagnostics that render it again."""
+    return _phenotype_and_anatomy(_rngs(seed, number), label, preset)[1]
+
+
 def generate_patient(
     *,
     out_dir: Path,
@@ -246,18 +269,7 @@ def generate_patient(
 ) -> dict:
     """Write one patient's study and ground truth; return its latents (and what was written)."""
     rngs = _rngs(seed, number)
-    latents = sample_latents(rngs["phenotype"], label)
-    days, event, lp = sample_survival(rngs["phenotype"], latents)
-    latents.update(survival_days=days, event=event, cox_linear_predictor=lp)
-
-    ct_grid, centre = _ct_grid(rngs["geometry"], preset)
-    anatomy = anat.sample_anatomy(
-        rngs["anatomy"],
-        latents,
-        centre=centre,
-        scale=preset.scale,
-        tumour_scale=preset.tumour_scale,
-    )
+    latents, anatomy, ct_grid = _phenotype_and_anatomy(rngs, label, preset)
     labels = anat.render_labels(
         anatomy, origin=ct_grid.origin, spacing=ct_grid.spacing, size=ct_grid.size
     )
