@@ -53,6 +53,7 @@ FUSION_MODELS = ("early", "late", "single_stage", "multistage", "mmtm", "sfsa")
 TABLE_MODELS = ("clinical", "clinical_net", "mmcaf", "clinical_logistic", "clinical_cox")
 CRITERION = 0.9
 PER_PATIENT_RULES = ("ingest", "register", "segment", "roi")
+IDEAL_RESULTS = "ideal_results"  # the models trained on ideal ROIs, laid out as results/train
 
 
 def parse_args() -> argparse.Namespace:
@@ -156,7 +157,7 @@ def train_on_ideal_rois(workdir: Path, config_path: Path, config: dict, models: 
     sheet = workdir / config["synthetic"]["out_dir"] / "clinical.tsv"
     for model in models:
         for fold in range(int(config["splits"]["n_folds"])):
-            out = workdir / "ideal_train" / model / f"fold{fold}"
+            out = workdir / IDEAL_RESULTS / "train" / model / f"fold{fold}"
             if (out / "predictions.tsv").is_file():
                 continue
             cmd = [
@@ -171,18 +172,14 @@ def train_on_ideal_rois(workdir: Path, config_path: Path, config: dict, models: 
 
 def ideal_rows(workdir: Path, synthetic_dir: Path, config: dict, rows: list[dict]) -> list[dict]:
     """Each model trained on ideal ROIs: pooled out-of-fold AUROC beside the pipeline's."""
-    oracle = pd.read_csv(synthetic_dir / "ground_truth" / "oracle.tsv", sep="\t", dtype=str)
-    oracle[oracle.columns[2:]] = oracle[oracle.columns[2:]].astype(float)
+    oracle = read_oracle(synthetic_dir)
     positive = config["cohort"]["classes"][-1]
     pipeline = {r["model"]: r for r in rows}
     found = []
-    for folder in sorted((workdir / "ideal_train").glob("*")):
-        parts = [
-            folder / f"fold{k}" / "predictions.tsv" for k in range(config["splits"]["n_folds"])
-        ]
-        if not all(p.is_file() for p in parts):
+    for folder in sorted((workdir / IDEAL_RESULTS / "train").glob("*")):
+        table = pooled_predictions(workdir / IDEAL_RESULTS, folder.name)
+        if table is None or table.fold.nunique() < int(config["splits"]["n_folds"]):
             continue
-        table = pd.concat(pd.read_csv(p, sep="\t", dtype={"patient_id": str}) for p in parts)
         auc = roc_auc_score(table.label == positive, table[f"prob_{positive}"])
         image_oracle = oracle_auc(
             oracle, sorted(set(table.patient_id)), f"p_image_{positive}", positive
@@ -243,6 +240,14 @@ def pooled_predictions(results: Path, model: str) -> pd.DataFrame | None:
         return None
     tables = [pd.read_csv(p, sep="\t", dtype={"patient_id": str}) for p in paths]
     return pd.concat(tables, ignore_index=True)
+
+
+def read_oracle(synthetic_dir: Path) -> pd.DataFrame:
+    """oracle.tsv: patient, label, then the oracle probabilities as floats."""
+    oracle = pd.read_csv(synthetic_dir / "ground_truth" / "oracle.tsv", sep="\t", dtype=str)
+    for column in oracle.columns[2:]:
+        oracle[column] = oracle[column].astype(float)
+    return oracle
 
 
 def oracle_auc(oracle: pd.DataFrame, patients: list[str], column: str, positive: str) -> float:
@@ -313,9 +318,7 @@ def _inside(point: np.ndarray, low: np.ndarray, high: np.ndarray, margin: float 
 
 def quality_rows(results: Path, synthetic_dir: Path, config: dict) -> tuple[list[dict], dict]:
     metrics = pd.read_csv(results / "metrics" / "all.tsv", sep="\t")
-    oracle = pd.read_csv(synthetic_dir / "ground_truth" / "oracle.tsv", sep="\t", dtype=str)
-    for column in oracle.columns[2:]:
-        oracle[column] = oracle[column].astype(float)
+    oracle = read_oracle(synthetic_dir)
     oracle_json = json.loads((synthetic_dir / "ground_truth" / "oracle.json").read_text())
     positive = config["cohort"]["classes"][-1]
     seconds = benchmark_seconds(results, set(oracle.patient_id))

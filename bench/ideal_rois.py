@@ -29,6 +29,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from lungfusion.imaging.roi import _scale as scale_to_window  # noqa: E402
 from lungfusion.synth import anatomy as anat  # noqa: E402
 from lungfusion.synth.cohort import patient_anatomy  # noqa: E402
 from lungfusion.synth.ids import patient_ids  # noqa: E402
@@ -55,11 +56,6 @@ def render_roi(anatomy, preset, *, origin, spacing, shape, has_pet: bool, rng) -
             blurred + preset.pet_noise * np.sqrt(np.clip(blurred, 0, None)) * noise, 0, None
         )
     return {"hu": hu, "suv": suv, "lungs": np.isin(labels, TRUE_LUNG)}
-
-
-def _scaled(values: np.ndarray, window) -> np.ndarray:
-    low, high = float(window[0]), float(window[1])
-    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
 def write_ideal_rois(workdir: Path, config: dict, out_dir: Path) -> int:
@@ -92,8 +88,8 @@ def write_ideal_rois(workdir: Path, config: dict, out_dir: Path) -> int:
         )  # fmt: skip
         np.savez(
             out_dir / f"{pid}.npz",
-            ct=_scaled(arrays["hu"], config["roi"]["ct_window"]),
-            pet=_scaled(arrays["suv"], config["roi"]["suv_window"]),
+            ct=scale_to_window(arrays["hu"], config["roi"]["ct_window"]),
+            pet=scale_to_window(arrays["suv"], config["roi"]["suv_window"]),
             lungs=arrays["lungs"].astype(np.uint8),
             has_pet=np.bool_(has_pet),
             spacing=spacing,
