@@ -108,7 +108,9 @@ def chest(spacing=(2.0, 2.0, 3.0)):
     suv = np.where(lungs > 0, 0.5, 1.5).astype(np.float32)
     suv[heart] = 8.0  # the heart: larger and hotter than the tumour
     suv[tumour] = 5.0
-    region = (ndimage.binary_dilation(lungs > 0, iterations=3) | heart).astype(np.uint8)
+    # tumour-inclusive, like segment.tumour_inclusive_region: the lungs closed, not the heart
+    region = (ndimage.binary_dilation(lungs > 0, iterations=3) | tumour) & ~heart
+    region = region.astype(np.uint8)
     images = [_image(a, spacing=spacing) for a in (hu, suv, region, lungs)]
     centre_index = [c / s for c, s in zip(tumour_mm[::-1], spacing, strict=True)]
     return (*images, centre_index)
@@ -128,6 +130,27 @@ def test_hotspot_prefers_a_tumour_by_the_lung_over_a_larger_hotter_heart():
     assert info["placement"] == "pet_hotspot" and info["fallback"] is False
     assert info["suv_max"] == 5.0 and info["hot_volume_ml"] < 5.0
     assert np.linalg.norm(np.subtract(info["hotspot_index"], tumour_index)) <= 2.0
+    assert _contains(grid, ct, tumour_index)
+
+
+def test_hotspot_prefers_a_large_tumour_over_a_hotter_node_outside_the_lungs():
+    # A large tumour's hottest fifth lies inside it, so the hot spot's shell is tumour, which
+    # a threshold lung mask leaves out; the tumour-inclusive region still holds it. A focal
+    # node in the mediastinum, hotter and smaller, touches the lungs on one side only.
+    ct, pet, region, lungs, tumour_index = chest()
+    suv = sitk.GetArrayFromImage(pet)
+    spacing = np.array(pet.GetSpacing()[::-1])
+    grids = np.indices(suv.shape) * spacing[:, None, None, None]
+    centre_mm = np.array(tumour_index[::-1]) * spacing
+    radius = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre_mm, strict=True)))
+    tumour = suv == 5.0
+    suv[tumour] = 6.0 - 3.0 * radius[tumour] / 8.0  # 6 at the centre, 3 at the edge
+    suv[suv == 8.0] = 2.0  # a quiet heart
+    suv[8:11, 19:22, 25:28] = 7.0  # the node: between the right lung and the heart
+    assert region.GetPixel(26, 20, 9) == 0 and lungs.GetPixel(23, 20, 9) > 0
+    pet = _image(suv, spacing=pet.GetSpacing())
+    grid, info = roi_lib.hotspot_grid(ct, pet, region, shape=(8, 8, 4), lungs=lungs)
+    assert np.linalg.norm(np.subtract(info["hotspot_index"], tumour_index)) <= 1.5
     assert _contains(grid, ct, tumour_index)
 
 
