@@ -41,7 +41,7 @@ CROP_STRATEGIES = ("pet_hotspot", "lungs", "annotation")
 HOTSPOT_DILATION_MM = 10.0  # the SUV maximum may sit just outside the region mask
 HOTSPOT_SMOOTH_MM = 2.0  # Gaussian sigma: single-voxel noise must not make a peak
 HOTSPOT_LUNG_MM = 5.0  # half-side of the cube whose lung share weights a CT blob's surface
-HOTSPOT_LUNG_BIAS = 0.2  # weight of a peak with no lung region around it (mediastinal nodes)
+HOTSPOT_REGION_BIAS = 0.2  # weight of a peak with no region around it (mediastinal nodes)
 HOTSPOT_HOT_FRACTION = 0.8  # of the peak: a focal lesion's hot volume is small, the heart's not
 HOTSPOT_CANDIDATES = 15  # distinct hot spots compared, from the hottest down
 HOTSPOT_HOT_REACH_MM = 60.0  # the hot volume is measured in a box of this half-side
@@ -101,16 +101,14 @@ def hotspot_grid(
 
     Candidates are the local maxima of the lightly smoothed SUV inside the dilated region;
     each has a hot spot (connected SUV above ``HOTSPOT_HOT_FRACTION`` x its peak) and scores
-    ``SUV peak x (region fraction + HOTSPOT_LUNG_BIAS) / hot volume^(1/3)``. The region
+    ``SUV peak x (region fraction + HOTSPOT_REGION_BIAS) / hot volume^(1/3)``. The region
     fraction (share of the tumour-inclusive region on the hot spot's one-voxel shell) favours
     lesions in or against the lung over the heart wall and mediastinal nodes, which touch it
     on one side only; the hot volume favours focal uptake over large hot organs such as the
     heart. The region, not the lung mask: a large tumour's hottest part lies inside it, so its
-    shell is tumour, which the lung mask leaves out (on 270 synthetic PET patients that moved
-    the share of boxes more than 15 mm off the tumour from 11.5% to 9.3%). ``lungs`` is the
-    lung mask; with it the box is centred on
-    the CT lesion at the chosen hot spot (:func:`lesion_centre_near`), and without PET it
-    enables the CT placement of :func:`ct_lesion_centre`. ``info["placement"]`` names the
+    shell is tumour, which the lung mask leaves out. ``lungs`` is the lung mask; with it the
+    box is centred on the CT lesion at the chosen hot spot (:func:`lesion_centre_near`), and
+    without PET it enables the CT placement of :func:`ct_lesion_centre`. ``info["placement"]`` names the
     method used, ``info["box_centre"]`` what the box is centred on.
     """
     mask = sitk.GetArrayViewFromImage(region) > 0
@@ -140,7 +138,7 @@ def hotspot_grid(
     z, y, x = best["peak"]
     info = {
         "centre_from": (
-            f"PET hot spot: SUV peak x (shell region fraction + {HOTSPOT_LUNG_BIAS:g})"
+            f"PET hot spot: SUV peak x (shell region fraction + {HOTSPOT_REGION_BIAS:g})"
             f" / (volume above {HOTSPOT_HOT_FRACTION:g} x peak)^(1/3), among local maxima in"
             f" the region dilated by {HOTSPOT_DILATION_MM:g} mm"
         ),
@@ -462,7 +460,7 @@ def _best_hot_spot(
         shell = ndi.binary_dilation(hot) & ~hot
         region_fraction = float(region[box][shell].mean()) if shell.any() else 0.0
         volume_ml = float(hot.sum() * spacing_zyx.prod() / 1e3)
-        score = suv[peak] * (region_fraction + HOTSPOT_LUNG_BIAS) / np.cbrt(volume_ml)
+        score = suv[peak] * (region_fraction + HOTSPOT_REGION_BIAS) / np.cbrt(volume_ml)
         if score > best["score"]:
             best = dict(
                 score=score, peak=peak, region_fraction=region_fraction, volume_ml=volume_ml
