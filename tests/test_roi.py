@@ -203,19 +203,40 @@ def test_hotspot_box_moves_at_most_a_quarter_box_into_a_joined_mediastinum():
     assert _contains(grid, ct2, info["hotspot_index"])
 
 
-def test_ct_only_centres_on_the_soft_tissue_blob_wrapped_in_lung(tmp_path):
+def test_ct_only_centres_on_the_blob_wrapped_in_lung(tmp_path):
     ct, _, region, lungs, tumour_index = chest()
     grid, info = roi_lib.hotspot_grid(ct, None, region, shape=(8, 8, 4), lungs=lungs)
-    assert info["placement"] == "ct_soft_tissue" and info["fallback"] is False
+    assert info["placement"] == "ct_lesion" and info["fallback"] is False
     assert np.linalg.norm(np.subtract(info["blob_centre_index"], tumour_index)) <= 1.5
+    assert info["blob_aerated_share"] > 0.5
     assert _contains(grid, ct, tumour_index)
-    # the command reads lungs.nii.gz and records the placement and a warning
+    # the command records the placement and a warning
     args = _stage_dirs(tmp_path, ct, None, region)
     sitk.WriteImage(lungs, str(args.segment_dir / "lungs.nii.gz"))
     assert roi_command.run(args, {"roi": {"shape": [8, 8, 4]}}) == 0
     record = json.loads(args.out.with_suffix(".json").read_text())
-    assert record["placement"]["placement"] == "ct_soft_tissue"
-    assert any("soft-tissue" in w for w in record["warnings"])
+    assert record["placement"]["placement"] == "ct_lesion"
+    assert any("lesion-like CT blob" in w for w in record["warnings"])
+
+
+def test_ct_only_finds_a_ground_glass_tumour_inside_the_lung_mask():
+    """After partial volume most of a small tumour lies between -650 and -300 HU and the
+    threshold lung mask holds it; a block of soft tissue at the lung's medial edge (hilum,
+    mediastinum) is outside the mask. The old rule (soft tissue outside the mask) took the
+    block; the tumour is the blob wrapped in aerated lung."""
+    ct, _, region, lungs, tumour_index = chest()
+    hu, lung = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(lungs)
+    tumour = (hu > -850) & (lung == 0) & (sitk.GetArrayFromImage(region) > 0)
+    tumour[:, :, 30:] = False  # the right lung's tumour only
+    hu[tumour] = -500.0  # ground glass: below the soft-tissue range
+    lung[tumour] = 1  # and inside the threshold mask
+    hu[6:14, 14:26, 20:24] = 40.0  # hilar soft tissue on the right lung's medial edge
+    lung[6:14, 14:26, 20:24] = 0
+    images = [_image(a, spacing=(2.0, 2.0, 3.0)) for a in (hu, lung)]
+    grid, info = roi_lib.hotspot_grid(images[0], None, region, shape=(8, 8, 4), lungs=images[1])
+    assert info["placement"] == "ct_lesion"
+    assert np.linalg.norm(np.subtract(info["blob_centre_index"], tumour_index)) <= 1.5
+    assert _contains(grid, images[0], tumour_index)
 
 
 def test_lungs_strategy_resamples_the_region_bounding_box():

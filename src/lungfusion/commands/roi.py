@@ -104,8 +104,8 @@ def make_roi(
         )  # fmt: skip
     if pet is None and info.get("fallback"):
         warnings.append("no PET: ROI centred on the region's bounding box")
-    elif pet is None and info.get("placement") == "ct_soft_tissue":
-        warnings.append("no PET: ROI centred on the most lesion-like CT soft-tissue blob")
+    elif pet is None and info.get("placement") == "ct_lesion":
+        warnings.append("no PET: ROI centred on the most lesion-like CT blob")
     return {
         "has_pet": pet is not None,
         "crop_requested": settings["crop"],

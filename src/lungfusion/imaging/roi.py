@@ -12,7 +12,7 @@ Strategies:
   surrounds it, so the heart wall does not win), centred on the CT lesion holding that hot
   spot when the lung mask shows one (a tumour's hottest part is seldom its centre, and a box
   on the peak cuts the far side off); without PET on the most lesion-like
-  soft-tissue blob of the CT (given the lung mask), else the centre of the region's
+  CT blob (solid or ground glass, wrapped in aerated lung), else the centre of the region's
   bounding box, recorded as a fallback. ``info["placement"]`` names which;
 - ``lungs``: the region's bounding box resampled to ``shape`` (spacing changes per axis);
 - ``annotation``: box of ``shape`` voxels centred on the union of the PASCAL VOC boxes of
@@ -40,13 +40,16 @@ from lungfusion.errors import PatientInputError
 CROP_STRATEGIES = ("pet_hotspot", "lungs", "annotation")
 HOTSPOT_DILATION_MM = 10.0  # the SUV maximum may sit just outside the region mask
 HOTSPOT_SMOOTH_MM = 2.0  # Gaussian sigma: single-voxel noise must not make a peak
-HOTSPOT_LUNG_MM = 5.0  # half-side of the cube whose lung share weights a CT blob's surface
 HOTSPOT_REGION_BIAS = 0.2  # weight of a peak with no region around it (mediastinal nodes)
 HOTSPOT_HOT_FRACTION = 0.8  # of the peak: a focal lesion's hot volume is small, the heart's not
 HOTSPOT_CANDIDATES = 15  # distinct hot spots compared, from the hottest down
 HOTSPOT_HOT_REACH_MM = 60.0  # the hot volume is measured in a box of this half-side
-CT_LESION_HU = (-300.0, 400.0)  # soft tissue for the CT-only placement
-CT_OPEN_MM = 1.0  # opening radius that detaches vessels from a CT blob
+CT_LESION_HU = (-300.0, 400.0)  # soft tissue: the CT lesion at a PET hot spot
+CT_OPEN_MM = 1.0  # opening radius that detaches vessels from that lesion
+CT_ONLY_LESION_HU = -650.0  # CT-only candidates: denser than aerated lung, ground glass included
+CT_ONLY_AERATED_HU = -700.0  # aerated lung, the tissue a tumour's surface faces
+CT_ONLY_OPEN_MM = 2.5  # in-plane radius of the ellipsoid opening that drops vessels and walls
+CT_ONLY_SHARE_POWER = 2.0  # of a blob's aerated shell share: wrapped in lung beats large
 LESION_SEARCH_MM = 6.0  # the CT lesion must reach this close to the PET peak (PSF, registration)
 _COARSE_MM = 4.0  # grid of the dilation (cheap, and the hotspot search needs no more)
 NPZ_KEYS = ("ct", "pet", "lungs", "has_pet", "spacing", "origin")
@@ -107,15 +110,16 @@ def hotspot_grid(
     on one side only; the hot volume favours focal uptake over large hot organs such as the
     heart. The region, not the lung mask: a large tumour's hottest part lies inside it, so its
     shell is tumour, which the lung mask leaves out. ``lungs`` is the lung mask; with it the
-    box is centred on the CT lesion at the chosen hot spot (:func:`lesion_centre_near`), and
-    without PET it enables the CT placement of :func:`ct_lesion_centre`. ``info["placement"]`` names the
-    method used, ``info["box_centre"]`` what the box is centred on.
+    box is centred on the CT lesion at the chosen hot spot (:func:`lesion_centre_near`).
+    Without PET the box is centred on the CT lesion of :func:`ct_lesion_centre`, or on the
+    region when there is none. ``info["placement"]`` names the method used,
+    ``info["box_centre"]`` what the box is centred on.
     """
     mask = sitk.GetArrayViewFromImage(region) > 0
     if not mask.any():
         raise PatientInputError("the region mask is empty: cannot place the ROI")
     if pet is None:
-        found = None if lungs is None else ct_lesion_centre(ct, region, lungs)
+        found = ct_lesion_centre(ct, region)
         if found is not None:
             centre, info = found
             return fixed_box_grid(ct, centre, shape), info
@@ -171,12 +175,19 @@ def _soft_tissue(
     return ndi.binary_opening(tissue, structure=np.ones(2 * radius + 1, dtype=bool))
 
 
+def _lesion_candidates(hu: np.ndarray, inside: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    """Voxels of the region denser than aerated lung (``CT_ONLY_LESION_HU``), opened by an
+    ellipsoid of in-plane radius ``CT_ONLY_OPEN_MM`` so vessels and thin walls come off."""
+    structure = _ellipsoid(CT_ONLY_OPEN_MM, spacing_zyx)
+    return ndi.binary_opening(inside & (hu > CT_ONLY_LESION_HU), structure=structure)
+
+
 def lesion_centre_near(
     ct: sitk.Image, region: sitk.Image, lungs: sitk.Image, peak_zyx: tuple, shape: tuple
 ) -> list[float] | None:
     """Centre (x, y, z index) of the CT lesion that holds the PET peak, or None.
 
-    The lesion is the soft-tissue blob (as in :func:`ct_lesion_centre`) reaching within
+    The lesion is the soft-tissue blob (``CT_LESION_HU``, outside the lung mask) reaching within
     ``LESION_SEARCH_MM`` of the peak. Only its voxels within half the box of the peak count
     (a tumour grown into the mediastinum or the chest wall joins them in one blob), and the
     centre moves at most a quarter of the box, so the box still holds the hot spot.
@@ -217,41 +228,54 @@ def lesion_centre_near(
     return [x, y, z]
 
 
-def ct_lesion_centre(
-    ct: sitk.Image, region: sitk.Image, lungs: sitk.Image
-) -> tuple[list[float], dict] | None:
-    """Centre (x, y, z index) of the most lesion-like soft-tissue blob, for CT without PET.
+def ct_lesion_centre(ct: sitk.Image, region: sitk.Image) -> tuple[list[float], dict] | None:
+    """Centre (x, y, z index) of the most lesion-like blob, for CT without PET.
 
-    Soft tissue (``CT_LESION_HU``) in the region but outside the lung mask is opened by
-    ``CT_OPEN_MM`` (drops thin vessels) and split into blobs. A tumour is wrapped in lung,
-    the heart, mediastinum and chest wall touch it on one side only, so each blob scores
-    ``(mean lung fraction on its surface)^2 x volume^(1/3)``. None when there is no blob.
+    Candidates are the voxels of the region (the tumour-inclusive lungs) denser than aerated
+    lung (``CT_ONLY_LESION_HU``), so a tumour's ground-glass rim counts with its solid core:
+    after partial volume most voxels of a small tumour lie between -650 and -300 HU, and the
+    threshold lung mask holds many of them, so neither soft tissue nor the mask's complement
+    finds it. An ellipsoid opening of in-plane radius ``CT_ONLY_OPEN_MM`` (one slice each way
+    on the 3.27 mm grid) drops vessels, airway and chest walls and structures one or two slices
+    thick; the rest is split into blobs. A tumour is wrapped in aerated lung (below
+    ``CT_ONLY_AERATED_HU``), while the hilum, mediastinum and chest wall face it on one side
+    only, so each blob scores ``(aerated share of its shell)^CT_ONLY_SHARE_POWER x
+    volume^(1/3)``, its shell being the voxels just outside it. None when no blob faces
+    aerated lung.
+
+    On tiny-preset synthetic cohorts of two seeds (80 and 60 patients) this puts 5% of the box
+    centres more than 15 mm from the tumour centre (median 0.9 and 1.3 mm), where soft tissue
+    outside the lung mask put 67% and 68%.
     """
     spacing_zyx = np.array(ct.GetSpacing()[::-1])
-    lung = sitk.GetArrayViewFromImage(lungs) > 0
     hu = sitk.GetArrayViewFromImage(ct)
-    tissue = _soft_tissue(hu, sitk.GetArrayViewFromImage(region) > 0, lung, spacing_zyx)
-    labels, count = ndi.label(tissue)
+    inside = sitk.GetArrayViewFromImage(region) > 0
+    candidates = _lesion_candidates(hu, inside, spacing_zyx)
+    labels, count = ndi.label(candidates)
     if count == 0:
         return None
-    surface = np.where(tissue & ~ndi.binary_erosion(tissue), labels, 0)
+    # each blob's shell: the voxels just outside it (a 6-neighbour of one of its voxels)
+    six = ndi.generate_binary_structure(3, 1)
+    shell = np.where(candidates, 0, ndi.grey_dilation(labels, footprint=six))
     index = np.arange(1, count + 1)
-    lung_fraction = np.nan_to_num(
-        np.asarray(ndi.mean(_lung_fraction(lung, spacing_zyx), labels=surface, index=index))
-    )
-    volume_ml = np.asarray(ndi.sum(tissue, labels=labels, index=index)) * spacing_zyx.prod() / 1e3
-    score = lung_fraction**2 * np.cbrt(volume_ml)
+    aerated = inside & (hu < CT_ONLY_AERATED_HU)
+    aerated_share = np.nan_to_num(np.asarray(ndi.mean(aerated, labels=shell, index=index)))
+    volume_ml = np.asarray(ndi.sum(candidates, labels=labels, index=index)) * spacing_zyx.prod()
+    volume_ml /= 1e3
+    score = aerated_share**CT_ONLY_SHARE_POWER * np.cbrt(volume_ml)
     best = int(score.argmax())
+    if score[best] <= 0:
+        return None
     z, y, x = ndi.center_of_mass(labels == best + 1)
     info = {
         "centre_from": (
-            "CT soft-tissue blob (no PET): (surface lung fraction)^2 x volume^(1/3), best of"
-            f" {count}"
+            f"CT blob above {CT_ONLY_LESION_HU:g} HU in the region (no PET): (aerated share"
+            f" of its shell)^{CT_ONLY_SHARE_POWER:g} x volume^(1/3), best of {count}"
         ),
-        "placement": "ct_soft_tissue",
+        "placement": "ct_lesion",
         "fallback": False,
         "blob_volume_ml": round(float(volume_ml[best]), 2),
-        "blob_lung_fraction": round(float(lung_fraction[best]), 3),
+        "blob_aerated_share": round(float(aerated_share[best]), 3),
         "blob_centre_index": [round(float(v), 2) for v in (x, y, z)],
     }
     return [float(x), float(y), float(z)], info
@@ -480,10 +504,12 @@ def _hot_spot(suv: np.ndarray, peak: tuple, spacing_zyx: np.ndarray) -> tuple[tu
     return box, labels == labels[local_peak]
 
 
-def _lung_fraction(lung: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
-    """Share of lung voxels in the cube of half-side ``HOTSPOT_LUNG_MM`` around each voxel."""
-    cube = np.maximum(1, 2 * np.round(HOTSPOT_LUNG_MM / spacing_zyx).astype(int) + 1)
-    return ndi.uniform_filter(lung.astype(np.float32), size=cube, mode="constant")
+def _ellipsoid(radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
+    """Boolean ellipsoid of ``radius_mm`` in voxels (z, y, x); an axis coarser than the
+    radius still gets one voxel each way, along the centre line only."""
+    radii = np.maximum(np.round(radius_mm / spacing_zyx).astype(int), 1)
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    return sum((g / r) ** 2 for g, r in zip(grids, radii, strict=True)) <= 1.0
 
 
 def _check_shape(shape: tuple[int, int, int]) -> None:
