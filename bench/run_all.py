@@ -37,6 +37,9 @@ QUICK_ARGS = {
     "segment": ["--default", "1", "--tiny", "2"],
     "train": ["--steps", "2"],
     "pipeline": ["--quick"],
+    "learning_curve": shlex.split(
+        "--sizes 24 --folds 2 --epochs 1 --workdir bench/_work/learning_curve_quick"
+    ),
     "quality": shlex.split(
         "--n 12 --preset tiny --folds 2 --epochs 1 --models ct pet"
         " --workdir bench/_work/quality_quick"

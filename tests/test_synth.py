@@ -362,3 +362,22 @@ def test_patient_anatomy_rebuilds_the_written_patient(cohort):
             sitk.ReadImage(str(cohort / "ground_truth" / pid / "tumour.nii.gz"))
         )
         np.testing.assert_array_equal(np.isin(labels, anat.TUMOUR_LABELS), written > 0)
+
+
+def test_cohort_labels_and_latents_rebuild_the_written_cohort(cohort):
+    """bench/bench_learning_curve.py draws cohorts without writing DICOM: the same labels, in the
+    same order, and the same latents as the cohort `generate_cohort` writes."""
+    from lungfusion.synth.cohort import cohort_labels, patient_latents_and_anatomy
+    from lungfusion.synth.presets import get_preset
+
+    rows = list(csv.DictReader((cohort / "clinical.tsv").open(), delimiter="\t"))
+    labels = cohort_labels(N_PATIENTS, COHORT_ARGS["class_prior"], SEED)
+    assert labels == [r["label"] for r in rows]
+    for number, (row, label) in enumerate(zip(rows, labels, strict=True), start=1):
+        latents, _ = patient_latents_and_anatomy(
+            number=number, label=label, preset=get_preset("tiny"), seed=SEED
+        )
+        written = _truth(cohort, row["patient_id"])["latents"]
+        for name in ("diameter_mm", "ggo_fraction", "suvmax", "concordant", "n_stage", "age"):
+            assert latents[name] == written[name], (row["patient_id"], name)
+        assert latents["survival_days"] == int(row["survival_days"])

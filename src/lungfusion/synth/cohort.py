@@ -254,7 +254,25 @@ def _phenotype_and_anatomy(
 def patient_anatomy(*, number: int, label: str, preset: Preset, seed: int) -> anat.Anatomy:
     """The anatomy ``generate_patient`` draws for patient ``number`` (1-based) of a cohort, in
     the CT's physical space, without writing anything: for diagnostics that render it again."""
-    return _phenotype_and_anatomy(_rngs(seed, number), label, preset)[1]
+    return patient_latents_and_anatomy(number=number, label=label, preset=preset, seed=seed)[1]
+
+
+def patient_latents_and_anatomy(
+    *, number: int, label: str, preset: Preset, seed: int
+) -> tuple[dict, anat.Anatomy]:
+    """The latents (with survival) and the anatomy of patient ``number``, as ``patient_anatomy``."""
+    latents, anatomy, _ = _phenotype_and_anatomy(_rngs(seed, number), label, preset)
+    return latents, anatomy
+
+
+def cohort_labels(n_patients: int, class_prior: dict[str, float], seed: int) -> list[str]:
+    """The label of each patient (in order) of the cohort ``generate_cohort`` writes."""
+    return _assign_labels(cohort_rng(seed), n_patients, _normalised_prior(class_prior))
+
+
+def cohort_rng(seed: int) -> np.random.Generator:
+    """The cohort-level draws: labels first, then who has no PET."""
+    return np.random.default_rng([seed, 0])
 
 
 def generate_patient(
@@ -534,11 +552,11 @@ def generate_cohort(
         shutil.rmtree(out_dir / stale, ignore_errors=True)
     (out_dir / "clinical.tsv").unlink(missing_ok=True)
 
-    cohort_rng = np.random.default_rng([seed, 0])
+    draws = cohort_rng(seed)
     pids = patient_ids(n_patients)
-    labels = _assign_labels(cohort_rng, n_patients, prior)
+    labels = _assign_labels(draws, n_patients, prior)
     n_without = int(round(fraction_without_pet * n_patients))
-    without_pet = set(cohort_rng.permutation(n_patients)[:n_without].tolist())
+    without_pet = set(draws.permutation(n_patients)[:n_without].tolist())
     jobs = [
         {
             "out_dir": out_dir,
