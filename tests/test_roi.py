@@ -154,6 +154,27 @@ def test_hotspot_prefers_a_large_tumour_over_a_hotter_node_outside_the_lungs():
     assert _contains(grid, ct, tumour_index)
 
 
+def test_hotspot_prefers_a_low_uptake_tumour_wrapped_in_lung_over_a_hotter_node(monkeypatch):
+    # SUV alone picks the node, focal and five times hotter; the CT shows a blob wrapped in
+    # aerated lung at the tumour's hot spot and none at the node's.
+    ct, pet, region, lungs, tumour_index = chest()
+    suv = sitk.GetArrayFromImage(pet)
+    suv[suv == 5.0] = 3.0  # a low-uptake tumour
+    suv[suv == 8.0] = 2.0  # a quiet heart
+    suv[8:11, 19:22, 25:28] = 15.0  # the node: between the right lung and the heart
+    pet = _image(suv, spacing=pet.GetSpacing())
+    node_index = [26, 20, 9]
+
+    monkeypatch.setattr(roi_lib, "HOTSPOT_CT_WEIGHT", 0.0)
+    _, info = roi_lib.hotspot_grid(ct, pet, region, shape=(8, 8, 4), lungs=lungs)
+    assert np.linalg.norm(np.subtract(info["hotspot_index"], node_index)) <= 1.5
+    monkeypatch.undo()
+    grid, info = roi_lib.hotspot_grid(ct, pet, region, shape=(8, 8, 4), lungs=lungs)
+    assert np.linalg.norm(np.subtract(info["hotspot_index"], tumour_index)) <= 2.0
+    assert info["ct_lesion_likeness"] > 0.5
+    assert _contains(grid, ct, tumour_index)
+
+
 def _hot_side(pet, tumour_index, offset_mm):
     """PET whose tumour uptake peaks in a small cube ``offset_mm`` (x, y, z) from its centre."""
     suv = sitk.GetArrayFromImage(pet)

@@ -44,6 +44,7 @@ HOTSPOT_REGION_BIAS = 0.2  # weight of a peak with no region around it (mediasti
 HOTSPOT_HOT_FRACTION = 0.8  # of the peak: a focal lesion's hot volume is small, the heart's not
 HOTSPOT_CANDIDATES = 15  # distinct hot spots compared, from the hottest down
 HOTSPOT_HOT_REACH_MM = 60.0  # the hot volume is measured in a box of this half-side
+HOTSPOT_CT_WEIGHT = 3.0  # a hot spot at a CT blob wrapped in lung scores up to 1 + this times more
 CT_LESION_HU = (-300.0, 400.0)  # soft tissue: the CT lesion at a PET hot spot
 CT_OPEN_MM = 1.0  # opening radius that detaches vessels from that lesion
 CT_ONLY_LESION_HU = -650.0  # CT-only candidates: denser than aerated lung, ground glass included
@@ -104,7 +105,11 @@ def hotspot_grid(
 
     Candidates are the local maxima of the lightly smoothed SUV inside the dilated region;
     each has a hot spot (connected SUV above ``HOTSPOT_HOT_FRACTION`` x its peak) and scores
-    ``SUV peak x (region fraction + HOTSPOT_REGION_BIAS) / hot volume^(1/3)``. The region
+    ``SUV peak x (region fraction + HOTSPOT_REGION_BIAS) / hot volume^(1/3) x (1 +
+    HOTSPOT_CT_WEIGHT x CT lesion-likeness)``, the last being the best ``(aerated shell
+    share)^CT_ONLY_SHARE_POWER`` of the CT blobs of :func:`ct_lesion_centre` within
+    ``LESION_SEARCH_MM`` of the peak: a low-uptake tumour wrapped in lung then beats a hotter
+    mediastinal node, which no such blob holds. The region
     fraction (share of the tumour-inclusive region on the hot spot's one-voxel shell) favours
     lesions in or against the lung over the heart wall and mediastinal nodes, which touch it
     on one side only; the hot volume favours focal uptake over large hot organs such as the
@@ -138,13 +143,16 @@ def hotspot_grid(
     peaks = search & (suv == ndi.maximum_filter(suv, size=3)) & (suv > 0)
     if not peaks.any():  # flat or empty PET: the plain maximum
         peaks = search
-    best = _best_hot_spot(suv, peaks, mask, spacing_zyx)
+    labels, share, _ = _ct_blobs(ct, region)
+    lesion_likeness = np.concatenate([[0.0], share**CT_ONLY_SHARE_POWER])[labels]
+    best = _best_hot_spot(suv, peaks, mask, spacing_zyx, lesion_likeness)
     z, y, x = best["peak"]
     info = {
         "centre_from": (
             f"PET hot spot: SUV peak x (shell region fraction + {HOTSPOT_REGION_BIAS:g})"
-            f" / (volume above {HOTSPOT_HOT_FRACTION:g} x peak)^(1/3), among local maxima in"
-            f" the region dilated by {HOTSPOT_DILATION_MM:g} mm"
+            f" / (volume above {HOTSPOT_HOT_FRACTION:g} x peak)^(1/3) x (1 +"
+            f" {HOTSPOT_CT_WEIGHT:g} x CT lesion-likeness), among local maxima in the region"
+            f" dilated by {HOTSPOT_DILATION_MM:g} mm"
         ),
         "placement": "pet_hotspot",
         "fallback": False,
@@ -152,6 +160,7 @@ def hotspot_grid(
         "suv_peak_smoothed": round(float(suv[z, y, x]), 3),
         "region_fraction": round(best["region_fraction"], 3),
         "hot_volume_ml": round(best["volume_ml"], 3),
+        "ct_lesion_likeness": round(best["ct_lesion"], 3),
         "candidates": best["candidates"],
         "hotspot_index": [int(x), int(y), int(z)],
         "box_centre": "PET hot spot",
@@ -180,6 +189,23 @@ def _lesion_candidates(hu: np.ndarray, inside: np.ndarray, spacing_zyx: np.ndarr
     ellipsoid of in-plane radius ``CT_ONLY_OPEN_MM`` so vessels and thin walls come off."""
     structure = _ellipsoid(CT_ONLY_OPEN_MM, spacing_zyx)
     return ndi.binary_opening(inside & (hu > CT_ONLY_LESION_HU), structure=structure)
+
+
+def _ct_blobs(ct: sitk.Image, region: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The lesion candidates' blobs (labels), each one's aerated shell share and volume (ml)."""
+    spacing_zyx = np.array(ct.GetSpacing()[::-1])
+    hu = sitk.GetArrayViewFromImage(ct)
+    inside = sitk.GetArrayViewFromImage(region) > 0
+    candidates = _lesion_candidates(hu, inside, spacing_zyx)
+    labels, count = ndi.label(candidates)
+    # each blob's shell: the voxels just outside it (a 6-neighbour of one of its voxels)
+    six = ndi.generate_binary_structure(3, 1)
+    shell = np.where(candidates, 0, ndi.grey_dilation(labels, footprint=six))
+    index = np.arange(1, count + 1)
+    aerated = inside & (hu < CT_ONLY_AERATED_HU)
+    aerated_share = np.nan_to_num(np.asarray(ndi.mean(aerated, labels=shell, index=index)))
+    volume_ml = np.asarray(ndi.sum(candidates, labels=labels, index=index)) * spacing_zyx.prod()
+    return labels, aerated_share.reshape(-1), (volume_ml / 1e3).reshape(-1)
 
 
 def lesion_centre_near(
@@ -247,21 +273,10 @@ def ct_lesion_centre(ct: sitk.Image, region: sitk.Image) -> tuple[list[float], d
     centres more than 15 mm from the tumour centre (median 0.9 and 1.3 mm), where soft tissue
     outside the lung mask put 67% and 68%.
     """
-    spacing_zyx = np.array(ct.GetSpacing()[::-1])
-    hu = sitk.GetArrayViewFromImage(ct)
-    inside = sitk.GetArrayViewFromImage(region) > 0
-    candidates = _lesion_candidates(hu, inside, spacing_zyx)
-    labels, count = ndi.label(candidates)
+    labels, aerated_share, volume_ml = _ct_blobs(ct, region)
+    count = len(volume_ml)
     if count == 0:
         return None
-    # each blob's shell: the voxels just outside it (a 6-neighbour of one of its voxels)
-    six = ndi.generate_binary_structure(3, 1)
-    shell = np.where(candidates, 0, ndi.grey_dilation(labels, footprint=six))
-    index = np.arange(1, count + 1)
-    aerated = inside & (hu < CT_ONLY_AERATED_HU)
-    aerated_share = np.nan_to_num(np.asarray(ndi.mean(aerated, labels=shell, index=index)))
-    volume_ml = np.asarray(ndi.sum(candidates, labels=labels, index=index)) * spacing_zyx.prod()
-    volume_ml /= 1e3
     score = aerated_share**CT_ONLY_SHARE_POWER * np.cbrt(volume_ml)
     best = int(score.argmax())
     if score[best] <= 0:
@@ -464,7 +479,11 @@ def _dilate_coarse(mask: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float) 
 
 
 def _best_hot_spot(
-    suv: np.ndarray, peaks: np.ndarray, region: np.ndarray, spacing_zyx: np.ndarray
+    suv: np.ndarray,
+    peaks: np.ndarray,
+    region: np.ndarray,
+    spacing_zyx: np.ndarray,
+    lesion_likeness: np.ndarray,
 ) -> dict:
     """The most tumour-like of the hot spots at ``peaks`` (see :func:`hotspot_grid`).
 
@@ -485,14 +504,29 @@ def _best_hot_spot(
         region_fraction = float(region[box][shell].mean()) if shell.any() else 0.0
         volume_ml = float(hot.sum() * spacing_zyx.prod() / 1e3)
         score = suv[peak] * (region_fraction + HOTSPOT_REGION_BIAS) / np.cbrt(volume_ml)
+        ct_lesion = _max_near(lesion_likeness, peak, spacing_zyx, LESION_SEARCH_MM)
+        score *= 1 + HOTSPOT_CT_WEIGHT * ct_lesion
         if score > best["score"]:
             best = dict(
-                score=score, peak=peak, region_fraction=region_fraction, volume_ml=volume_ml
-            )
+                score=score, peak=peak, region_fraction=region_fraction, volume_ml=volume_ml,
+                ct_lesion=ct_lesion,
+            )  # fmt: skip
         seen += 1
         if seen == HOTSPOT_CANDIDATES:
             break
     return {**best, "candidates": seen}
+
+
+def _max_near(values: np.ndarray, peak: tuple, spacing_zyx: np.ndarray, radius_mm: float):
+    """The largest of ``values`` within ``radius_mm`` of the voxel ``peak`` (z, y, x)."""
+    reach = np.round(radius_mm / spacing_zyx).astype(int)
+    box = tuple(
+        slice(max(0, c - r), min(n, c + r + 1))
+        for c, r, n in zip(map(int, peak), reach, values.shape, strict=True)
+    )
+    grids = np.ogrid[box]
+    mm2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, peak, spacing_zyx, strict=True))
+    return float(values[box][mm2 <= radius_mm**2].max())  # holds the peak itself
 
 
 def _hot_spot(suv: np.ndarray, peak: tuple, spacing_zyx: np.ndarray) -> tuple[tuple, np.ndarray]:
