@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from training_helpers import SHAPE, write_cohort
+from training_helpers import SHAPE, assert_prediction_columns, write_cohort
 
 from lungfusion.models import build_model, required_modalities
 from lungfusion.models.mmcaf import (
@@ -227,8 +227,7 @@ def test_train_command_runs_mmcaf_and_writes_the_engine_artifacts(
     out = run["out"]
     for name in ("model.pt", "last.pt", "history.tsv", "val_predictions.tsv", "predictions.tsv"):
         assert (out / name).is_file(), name
-    predictions = pd.read_csv(out / "predictions.tsv", sep="\t")
-    assert list(predictions.columns) == ["patient_id", "fold", "label", "prob_ADC", "prob_SQC"]
+    predictions = assert_prediction_columns(out)
     assert np.allclose(predictions[["prob_ADC", "prob_SQC"]].sum(axis=1), 1.0, atol=1e-5)
     checkpoint = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
     meta = checkpoint["model"]
@@ -251,6 +250,5 @@ def test_train_command_runs_mmcaf_and_writes_the_engine_artifacts(
 
 def test_train_command_runs_clinical_net(clinical_cohort, tmp_path):
     run = _train_cli(tmp_path, clinical_cohort, "clinical_net")
-    predictions = pd.read_csv(run["out"] / "predictions.tsv", sep="\t")
-    assert list(predictions.columns) == ["patient_id", "fold", "label", "prob_ADC", "prob_SQC"]
+    assert_prediction_columns(run["out"])
     assert run["summary"]["modalities"] == ["tab"]

@@ -131,6 +131,29 @@ def test_predict_scores_a_tta_checkpoint_as_it_was_selected(tmp_path):
     assert abs(plain - expected) > 1e-6
 
 
+def test_predict_applies_the_folds_calibration(tmp_path):
+    """calibration.json beside model.pt maps the probabilities as the fold's predictions.tsv."""
+    import numpy as np
+
+    from lungfusion.commands.predict import predict_model
+
+    rng = np.random.default_rng(1)
+    npz = tmp_path / "p.npz"
+    np.savez(npz, ct=rng.uniform(0, 1, IN_SHAPE).astype(np.float32),
+             pet=rng.uniform(0, 1, IN_SHAPE).astype(np.float32), has_pet=True)  # fmt: skip
+    checkpoint = tmp_path / "ct" / "fold0" / "model.pt"
+    _save_checkpoint(checkpoint, "ct", seed=4)
+    raw = predict_model([checkpoint], npz, has_pet=True, tab_context=None, device="cpu")
+    p = raw["probabilities"]["SQC"]
+    # on the centred log-probabilities (-logit/2, logit/2) this map is logit + 1
+    calibration = {"method": "platt", "coef": [[-1.0, 1.0]], "intercept": [1.0]}
+    (checkpoint.parent / "calibration.json").write_text(json.dumps(calibration))
+    result = predict_model([checkpoint], npz, has_pet=True, tab_context=None, device="cpu")
+    logit = np.log(p / (1 - p))
+    assert result["probabilities"]["SQC"] == pytest.approx(1 / (1 + np.exp(-(logit + 1))), abs=1e-5)
+    assert result["probabilities"]["ADC"] == pytest.approx(1 - result["probabilities"]["SQC"])
+
+
 def test_parse_clinical():
     assert parse_clinical(["age=64", "sex = F"]) == {"age": "64", "sex": "F"}
     with pytest.raises(ValueError, match="key=value"):

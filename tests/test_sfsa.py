@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from training_helpers import write_cohort
+from training_helpers import assert_prediction_columns, write_cohort
 
 from lungfusion.training.sfsa import CandidateResult, sequential_forward_search
 
@@ -81,6 +81,5 @@ def test_sfsa_command_writes_search_and_scores_the_choice(tmp_path):
     train_dir = tmp_path / "train" / "sfsa" / "fold1"
     summary = json.loads((train_dir / "summary.json").read_text())
     assert summary["model"] == "sfsa" and summary["excluded_missing_modality"]["count"] == 1
-    predictions = pd.read_csv(train_dir / "predictions.tsv", sep="\t")
-    assert list(predictions.columns) == ["patient_id", "fold", "label", "prob_ADC", "prob_SQC"]
+    assert_prediction_columns(train_dir)
     assert (train_dir / "val_predictions.tsv").is_file() and (train_dir / "model.pt").is_file()

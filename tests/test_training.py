@@ -9,6 +9,7 @@ import torch
 from training_helpers import SHAPE, write_cohort
 
 from lungfusion.models import build_model
+from lungfusion.training.calibration import apply_calibration
 from lungfusion.training.data import make_records, roi_dataset
 from lungfusion.training.engine import TrainSettings, cox_loss, train_model
 from lungfusion.training.splits import make_folds
@@ -79,14 +80,23 @@ def test_training_lowers_loss_and_writes_artifacts(cohort, tmp_path):
     for name in ("model.pt", "last.pt", "predictions.tsv", "val_predictions.tsv", "summary.json"):
         assert (tmp_path / name).is_file(), name
     predictions = pd.read_csv(tmp_path / "predictions.tsv", sep="\t")
-    assert list(predictions.columns) == ["patient_id", "fold", "label", "prob_ADC", "prob_SQC"]
+    assert list(predictions.columns) == [
+        "patient_id", "fold", "label", "prob_ADC", "prob_SQC", "raw_prob_ADC", "raw_prob_SQC",
+    ]  # fmt: skip
+    # calibrated on the validation patients: the map written beside the model, order kept
+    calibration = json.loads((tmp_path / "calibration.json").read_text())
+    assert calibration["method"] == "platt" and calibration["n_val"] == 2
+    raw = pd.DataFrame({c: predictions[f"raw_{c}"] for c in ("prob_ADC", "prob_SQC")})
+    again = apply_calibration(raw, calibration, ("ADC", "SQC"))
+    np.testing.assert_allclose(again.prob_SQC, predictions.prob_SQC, atol=2e-6)
+    assert (np.argsort(predictions.prob_SQC) == np.argsort(predictions.raw_prob_SQC)).all()
     test_ids = sorted(r["patient_id"] for r in cohort["records"]["test"])
     assert sorted(predictions.patient_id) == test_ids
     np.testing.assert_allclose(predictions.prob_ADC + predictions.prob_SQC, 1.0, atol=1e-5)
     val = pd.read_csv(tmp_path / "val_predictions.tsv", sep="\t")
     assert sorted(val.patient_id) == sorted(r["patient_id"] for r in cohort["records"]["val"])
     written = json.loads((tmp_path / "summary.json").read_text())
-    assert written == json.loads(json.dumps(summary))
+    assert written == json.loads(json.dumps(summary)) and written["calibration"] == calibration
     assert written["n_patients"] == {"train": 6, "val": 2, "test": 8}
     assert 1 <= written["best_epoch"] <= 4 and written["device"] == "cpu"
     checkpoint = torch.load(tmp_path / "model.pt", map_location="cpu")
@@ -318,7 +328,7 @@ def test_test_time_augmentation_is_invariant_and_used_for_predictions(cohort, tm
             for i in range(len(test))
         ]
     table = pd.read_csv(tmp_path / "predictions.tsv", sep="\t")
-    np.testing.assert_allclose(table.prob_SQC, probs, atol=1e-5)
+    np.testing.assert_allclose(table.raw_prob_SQC, probs, atol=1e-5)  # before calibration
 
 
 def test_turning_the_roi_needs_square_slices(tmp_path):

@@ -53,3 +53,16 @@ def write_cohort(
     sheet = root / "clinical.tsv"
     pd.DataFrame(rows).to_csv(sheet, sep="\t", index=False)
     return roi_dir, sheet
+
+
+PREDICTION_COLUMNS = ["patient_id", "fold", "label", "prob_ADC", "prob_SQC"]
+
+
+def assert_prediction_columns(out_dir: Path) -> pd.DataFrame:
+    """predictions.tsv of a network: the engine's columns, plus the uncalibrated probabilities
+    when the fold's calibration was fit (both classes among its validation patients)."""
+    predictions = pd.read_csv(Path(out_dir) / "predictions.tsv", sep="\t")
+    calibration = json.loads((Path(out_dir) / "calibration.json").read_text())
+    raw = ["raw_prob_ADC", "raw_prob_SQC"] if calibration["method"] == "platt" else []
+    assert list(predictions.columns) == PREDICTION_COLUMNS + raw
+    return predictions

@@ -4,8 +4,10 @@ trained model.
 The DICOM folder is indexed, ingested, registered, segmented and cropped with the same library
 functions and config parameters as the pipeline, in a temporary folder (``--work-dir`` keeps
 it). Each model's prediction is the MEAN of its fold models (``{models-dir}/{model}/fold{k}/
-model.pt``): the mean softmax probability per class, or the mean risk for survival (risk scales
-differ between folds, so compare a survival risk with its own model's training risks only).
+model.pt``): the mean softmax probability per class, each fold's calibrated on its validation
+patients as in training (``calibration.json`` beside ``model.pt``), or the mean risk for
+survival (risk scales differ between folds, so compare a survival risk with its own model's
+training risks only).
 Models that read a modality the patient lacks (PET) are skipped with the reason. Models that
 read clinical values need ``--clinical key=value`` plus the sample sheet and folds used in
 training, because their clinical features are standardised with each fold's training patients.
@@ -16,6 +18,7 @@ Prints a table and writes ``--out`` (JSON) when given. Imports torch (it runs th
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import shutil
@@ -30,7 +33,7 @@ from lungfusion.errors import PatientInputError
 
 log = logging.getLogger(__name__)
 FOLD_DIR = re.compile(r"^fold(\d+)$")
-AVERAGING = "mean over the fold models (softmax probabilities; raw risk for survival)"
+AVERAGING = "mean over the fold models (calibrated softmax probabilities; raw risk for survival)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -245,9 +248,7 @@ def predict_model(
         else:
             probs = torch.softmax(output, dim=1)[0].numpy()
             folds[path.parent.name] = {
-                "probabilities": {
-                    c: float(p) for c, p in zip(payload["classes"], probs, strict=True)
-                }
+                "probabilities": calibrated(path.parent, payload["classes"], probs)
             }
     first = next(iter(folds.values()))
     if "risk" in first:
@@ -260,6 +261,19 @@ def predict_model(
             }
         }
     return {**result, "n_folds": len(folds), "averaging": AVERAGING, "folds": folds}
+
+
+def calibrated(fold_dir: Path, classes: list[str], probs: np.ndarray) -> dict[str, float]:
+    """The fold's calibration (``calibration.json``, written by the training engine) applied to
+    one patient's probabilities, so they match the fold's ``predictions.tsv``."""
+    from lungfusion.training.calibration import apply_calibration
+    from lungfusion.training.engine import CALIBRATION_FILE
+
+    table = pd.DataFrame([{f"prob_{c}": float(p) for c, p in zip(classes, probs, strict=True)}])
+    path = fold_dir / CALIBRATION_FILE
+    if path.is_file():
+        table = apply_calibration(table, json.loads(path.read_text()), tuple(classes))
+    return {c: float(table[f"prob_{c}"].iloc[0]) for c in classes}
 
 
 def _tab_context(args, config: dict, clinical: dict, patient: str):

@@ -20,7 +20,13 @@ import torch
 from lungfusion.artifacts import software_versions, write_json_atomic
 from lungfusion.commands.splits import read_sheet
 from lungfusion.commands.train import prepare_fold, run_hash_payload, settings_from_config
-from lungfusion.training.engine import Trainer, TrainSettings, config_hash, write_table
+from lungfusion.training.engine import (
+    Trainer,
+    TrainSettings,
+    config_hash,
+    write_fold_predictions,
+    write_table,
+)
 from lungfusion.training.sfsa import (
     Candidate,
     CandidateResult,
@@ -155,8 +161,7 @@ def score_chosen(
     trainer = Trainer(
         model, settings=replace(settings, progress=False), out_dir=train_dir, run_hash=run_hash
     )
-    write_table(trainer.predict(data.val, fold=fold), train_dir / "val_predictions.tsv")
-    write_table(trainer.predict(data.test, fold=fold), train_dir / "predictions.tsv")
+    calibration = write_fold_predictions(trainer, data.val, data.test, fold, train_dir)
     n_excluded = sum(len(v) for v in data.excluded.values())
     return {
         "status": "ok",
@@ -178,6 +183,7 @@ def score_chosen(
         "device": trainer.device.type,
         "config_hash": run_hash,
         "settings": settings.identity(),
+        "calibration": calibration,
         "timings_s": {"predict": round(time.perf_counter() - started, 3)},
         "software": software_versions(),
     }

@@ -41,7 +41,7 @@ def settings_from_config(config: dict, *, progress: bool = True, **overrides) ->
     for name in (
         "epochs", "batch_size", "lr", "lr_step_epochs", "lr_gamma", "optimizer", "imbalance",
         "selection_metric", "early_stopping_patience", "num_workers", "seed", "device",
-        "sgd_momentum", "weight_decay", "ema_decay", "tta",
+        "sgd_momentum", "weight_decay", "ema_decay", "tta", "calibration",
     ):  # fmt: skip
         if name in train:
             values[name] = train[name]

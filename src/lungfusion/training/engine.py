@@ -30,6 +30,11 @@ from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from lungfusion.artifacts import atomic_path, software_versions, write_json_atomic
+from lungfusion.training.calibration import (
+    CALIBRATION_METHODS,
+    apply_calibration,
+    fit_calibration,
+)
 from lungfusion.training.data import IMAGE_KEYS, roi_dataset, roi_shape
 from lungfusion.training.device import (
     autocast,
@@ -48,6 +53,7 @@ IMBALANCE = ("class_weight", "oversample", "none")
 SELECTION = ("gmean", "loss", "auc")
 TASKS = ("classification", "survival")
 LOSSES = ("cross_entropy", "focal")  # classification; survival always uses the Cox loss
+CALIBRATION_FILE = "calibration.json"  # beside model.pt: the fold's calibration map
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class TrainSettings:
     )
     ema_decay: float | None = None  # select and score a moving average of the weights
     tta: bool = False  # score the mean logits of the eight in-plane symmetries of the ROI
+    calibration: str = "platt"  # per fold, on its validation patients (training/calibration.py)
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -93,6 +100,7 @@ class TrainSettings:
         if self.focal_gamma < 0:
             raise ValueError(f"focal_gamma must not be negative, got {self.focal_gamma}")
         _check_choice("selection_metric", self.selection_metric, SELECTION)
+        _check_choice("calibration", self.calibration, CALIBRATION_METHODS)
         for name in ("epochs", "batch_size", "lr_step_epochs", "early_stopping_patience"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -612,6 +620,27 @@ def write_table(table: pd.DataFrame, path: Path, *, float_format: str | None = "
 # -------------------------------------------------------------------------------- top level
 
 
+def write_fold_predictions(
+    trainer: Trainer, val_records: list[dict], test_records: list[dict], fold: int, out_dir: Path
+) -> dict | None:
+    """Score the fold's validation and test patients, calibrated on the validation ones when
+    ``settings.calibration`` asks (then ``calibration.json``, read by ``lungfusion predict``);
+    writes ``val_predictions.tsv`` and ``predictions.tsv``. Returns the calibration, if any."""
+    settings = trainer.settings
+    val, test = trainer.predict(val_records, fold=fold), trainer.predict(test_records, fold=fold)
+    calibration = None
+    if settings.task == "classification" and settings.calibration != "none":
+        calibration = fit_calibration(val, settings.classes)
+        val = apply_calibration(val, calibration, settings.classes)
+        test = apply_calibration(test, calibration, settings.classes)
+        write_json_atomic(out_dir / CALIBRATION_FILE, calibration)
+    else:
+        (out_dir / CALIBRATION_FILE).unlink(missing_ok=True)
+    write_table(val, out_dir / "val_predictions.tsv")
+    write_table(test, out_dir / "predictions.tsv")
+    return calibration
+
+
 def train_model(
     model: nn.Module,
     *,
@@ -644,8 +673,7 @@ def train_model(
     )
     result = trainer.fit(train_records, val_records, on_epoch_end=on_epoch_end)
     started = time.perf_counter()
-    write_table(trainer.predict(val_records, fold=fold), out_dir / "val_predictions.tsv")
-    write_table(trainer.predict(test_records, fold=fold), out_dir / "predictions.tsv")
+    calibration = write_fold_predictions(trainer, val_records, test_records, fold, out_dir)
     summary = {
         "status": "ok",
         "model": (model_meta or {}).get("name"),
@@ -667,6 +695,7 @@ def train_model(
         "config_hash": run_hash,
         "settings": settings.identity(),
         "model_options": (model_meta or {}).get("options", {}),
+        "calibration": calibration,
         "timings_s": {"fit": result.seconds, "predict": round(time.perf_counter() - started, 3)},
         "software": software_versions(),
     }
