@@ -2,9 +2,10 @@
 of whether the 0.9 x image-oracle target is a matter of patients or of learners.
 
 For each cohort size n, the n-patient cohort `lungfusion synth` would write with the quality
-run's seed and preset (labels, latents and anatomy exactly as it draws them) is rendered straight onto a ROI grid
-centred on the true tumour, with the pipeline's placement error as Gaussian jitter
-(``--jitter-mm``), the preset's CT blur and noise and its PET PSF and noise (bench/ideal_rois.py).
+run's seed and preset (labels, latents and anatomy exactly as it draws them) is rendered
+straight onto a ROI grid centred on the true tumour, with the pipeline's placement error as
+Gaussian jitter (``--jitter-mm``), the preset's CT blur and noise and its PET PSF and noise
+(bench/ideal_rois.py).
 There is no DICOM, registration or segmentation, so a cohort of thousands costs seconds and
 only training costs time. Every patient gets a PET. Each model is then trained with
 `lungfusion splits` and `lungfusion train`, exactly as the pipeline runs them, with the quality
