@@ -186,7 +186,12 @@ def test_a_killed_job_leaves_no_complete_looking_output_and_is_redone(cohort):
     )
     try:
         job = wait_for_descendant(run.pid, ("train", "--fold"), timeout=300)
-        time.sleep(3)  # into the job (importing torch, training): it takes about 15 s here
+        # into the job: the engine drops the old sidecar as it starts (after importing torch,
+        # seconds on a busy machine), then trains for about 15 s
+        deadline = time.monotonic() + 120
+        while target.exists() and job.is_running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
         assert job.is_running(), "the training job ended before it could be killed"
     finally:
         os.killpg(run.pid, signal.SIGKILL)
