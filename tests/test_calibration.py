@@ -68,3 +68,20 @@ def test_three_classes_get_a_multinomial_map():
     hit = [out[f"prob_{classes[k]}"].iloc[i] for i, k in enumerate(labels)]
     raw = [table[f"prob_{classes[k]}"].iloc[i] for i, k in enumerate(labels)]
     assert np.mean(hit) > np.mean(raw) + 0.05
+
+
+def test_a_validation_set_ranking_against_the_network_only_shifts_it():
+    """A few dozen validation patients can rank against the network (its AUROC there < 0.5);
+    a fitted map would then turn the fold's test ranking upside down. Only the offset is fit."""
+    rng = np.random.default_rng(2)
+    test = _fold(rng, 200, centre=-2.0, spread=1.0, fold=0)
+    val = _fold(rng, 40, centre=-2.0, spread=1.0, fold=0)
+    val["label"] = np.where(val.label == "SQC", "ADC", "SQC")  # ranks against the network
+    assert roc_auc_score(val.label == "SQC", val.prob_SQC) < 0.5
+    calibration = fit_calibration(val, CLASSES)
+    assert calibration["method"] == "shift" and calibration["coef"] == [[-1.0, 1.0]]
+    out = apply_calibration(test, calibration, CLASSES)
+    y = out.label == "SQC"
+    assert roc_auc_score(y, out.prob_SQC) == pytest.approx(roc_auc_score(y, test.prob_SQC))
+    shifted = apply_calibration(val, calibration, CLASSES)
+    assert shifted.prob_SQC.mean() == pytest.approx((val.label == "SQC").mean(), abs=0.05)

@@ -9,8 +9,10 @@ unchanged.
 
 The fix is Platt scaling (Platt 1999), or its multinomial form for more classes (Guo et al.
 2017). A logistic regression of the label on the centred log-probabilities is fit on the fold's
-validation patients and applied to its validation and test predictions. With two classes the
-map is monotone, so the ranking within a fold, and the fold's own AUROC, stay as they were.
+validation patients and applied to its validation and test predictions. The map must keep the
+network's order: when a few dozen validation patients rank against the network (a fitted
+slope below zero), only the logit's offset is fit (``method: shift``). So the ranking within a
+fold, and the fold's own AUROC, stay as they were.
 The validation patients are the ones that already chose the epoch, and no test patient is
 used.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 
 CALIBRATION_METHODS = ("platt", "none")
@@ -52,14 +55,32 @@ def fit_calibration(val: pd.DataFrame, classes: tuple[str, ...]) -> dict:
     if len(val) == 0 or missing:
         return {"method": "none", "reason": f"validation patients lack classes {missing}"}
     y = np.array([classes.index(label) for label in val["label"]])
-    model = LogisticRegression(C=CALIBRATION_C, max_iter=1000).fit(_features(val, classes), y)
-    return {
-        "method": "platt",
-        "C": CALIBRATION_C,
-        "n_val": len(val),
-        "coef": model.coef_.tolist(),
-        "intercept": model.intercept_.tolist(),
-    }
+    features = _features(val, classes)
+    model = LogisticRegression(C=CALIBRATION_C, max_iter=1000).fit(features, y)
+    fitted = {"C": CALIBRATION_C, "n_val": len(val)}
+    if _keeps_order(model.coef_):
+        return {"method": "platt", **fitted, "coef": model.coef_.tolist(),
+                "intercept": model.intercept_.tolist()}  # fmt: skip
+    if len(classes) > 2:
+        return {"method": "none", "reason": "the fitted map would reorder the patients"}
+    # the validation patients rank against the network (a few dozen can): keep its order and
+    # slope, and only shift its logit to the validation patients' prevalence
+    logit = features[:, 1] - features[:, 0]
+    shift = minimize_scalar(lambda b: _log_loss(y, logit + b), bounds=(-20, 20), method="bounded")
+    return {"method": "shift", **fitted, "coef": [[-1.0, 1.0]], "intercept": [float(shift.x)],
+            "reason": "the fitted slope was not positive"}  # fmt: skip
+
+
+def _keeps_order(coef: np.ndarray) -> bool:
+    """Whether each class's calibrated logit grows with its own raw log-probability."""
+    coef = np.asarray(coef)
+    if coef.shape[0] == 1:  # two classes: the slope on the raw logit
+        return bool(coef[0, 1] - coef[0, 0] > 0)
+    return bool(np.all(np.diag(coef - coef.mean(axis=0)) > 0))
+
+
+def _log_loss(y: np.ndarray, logit: np.ndarray) -> float:
+    return float(np.mean(np.logaddexp(0.0, logit) - y * logit))
 
 
 def apply_calibration(
