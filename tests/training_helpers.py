@@ -60,9 +60,10 @@ PREDICTION_COLUMNS = ["patient_id", "fold", "label", "prob_ADC", "prob_SQC"]
 
 def assert_prediction_columns(out_dir: Path) -> pd.DataFrame:
     """predictions.tsv of a network: the engine's columns, plus the uncalibrated probabilities
-    when the fold's calibration was fit (both classes among its validation patients)."""
+    when the fold was calibrated (platt, or shift where the tiny validation set ranks against
+    the network; none only when it lacks a class)."""
     predictions = pd.read_csv(Path(out_dir) / "predictions.tsv", sep="\t")
     calibration = json.loads((Path(out_dir) / "calibration.json").read_text())
-    raw = ["raw_prob_ADC", "raw_prob_SQC"] if calibration["method"] == "platt" else []
+    raw = ["raw_prob_ADC", "raw_prob_SQC"] if calibration["method"] != "none" else []
     assert list(predictions.columns) == PREDICTION_COLUMNS + raw
     return predictions
