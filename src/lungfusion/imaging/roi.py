@@ -143,8 +143,8 @@ def hotspot_grid(
     peaks = search & (suv == ndi.maximum_filter(suv, size=3)) & (suv > 0)
     if not peaks.any():  # flat or empty PET: the plain maximum
         peaks = search
-    labels, share, _ = _ct_blobs(ct, region)
-    lesion_likeness = np.concatenate([[0.0], share**CT_ONLY_SHARE_POWER])[labels]
+    labels, likeness, _, _ = _ct_blobs(ct, region)
+    lesion_likeness = np.concatenate([[0.0], likeness])[labels]
     best = _best_hot_spot(suv, peaks, mask, spacing_zyx, lesion_likeness)
     z, y, x = best["peak"]
     info = {
@@ -191,8 +191,9 @@ def _lesion_candidates(hu: np.ndarray, inside: np.ndarray, spacing_zyx: np.ndarr
     return ndi.binary_opening(inside & (hu > CT_ONLY_LESION_HU), structure=structure)
 
 
-def _ct_blobs(ct: sitk.Image, region: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The lesion candidates' blobs (labels), each one's aerated shell share and volume (ml)."""
+def _ct_blobs(ct: sitk.Image, region: sitk.Image) -> tuple[np.ndarray, ...]:
+    """The lesion candidates' blobs (labels) and, per blob, its lesion-likeness
+    ``(aerated shell share)^CT_ONLY_SHARE_POWER``, that share and its volume (ml)."""
     spacing_zyx = np.array(ct.GetSpacing()[::-1])
     hu = sitk.GetArrayViewFromImage(ct)
     inside = sitk.GetArrayViewFromImage(region) > 0
@@ -205,7 +206,7 @@ def _ct_blobs(ct: sitk.Image, region: sitk.Image) -> tuple[np.ndarray, np.ndarra
     aerated = inside & (hu < CT_ONLY_AERATED_HU)
     aerated_share = np.nan_to_num(np.asarray(ndi.mean(aerated, labels=shell, index=index)))
     volume_ml = np.asarray(ndi.sum(candidates, labels=labels, index=index)) * spacing_zyx.prod()
-    return labels, aerated_share.reshape(-1), (volume_ml / 1e3).reshape(-1)
+    return labels, aerated_share**CT_ONLY_SHARE_POWER, aerated_share, volume_ml / 1e3
 
 
 def lesion_centre_near(
@@ -273,11 +274,11 @@ def ct_lesion_centre(ct: sitk.Image, region: sitk.Image) -> tuple[list[float], d
     centres more than 15 mm from the tumour centre (median 0.9 and 1.3 mm), where soft tissue
     outside the lung mask put 67% and 68%.
     """
-    labels, aerated_share, volume_ml = _ct_blobs(ct, region)
+    labels, likeness, aerated_share, volume_ml = _ct_blobs(ct, region)
     count = len(volume_ml)
     if count == 0:
         return None
-    score = aerated_share**CT_ONLY_SHARE_POWER * np.cbrt(volume_ml)
+    score = likeness * np.cbrt(volume_ml)
     best = int(score.argmax())
     if score[best] <= 0:
         return None
