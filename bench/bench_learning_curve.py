@@ -132,15 +132,21 @@ def train_size(folder: Path, config: dict, models: list[str]) -> dict[str, float
     if not folds.is_file():
         lungfusion(config_path, "splits", "--sample-sheet", str(sheet), "--roi-dir", str(rois),
                    "--out", str(folds))  # fmt: skip
-    seconds = {}
+    seconds, features = {}, folder / "radiomics" / "features.tsv"
     for model in models:
         start = time.perf_counter()
+        extra = []
+        if model == "radiomics":  # the lesion features first, as the pipeline's radiomics rule
+            if not features.is_file():
+                lungfusion(config_path, "radiomics", "--sample-sheet", str(sheet), "--roi-dir",
+                           str(rois), "--out", str(features), "--threads", "2")  # fmt: skip
+            extra = ["--radiomics-features", str(features)]
         for fold in range(int(config["splits"]["n_folds"])):
             out = folder / "train" / model / f"fold{fold}"
             if not (out / "predictions.tsv").is_file():
                 lungfusion(config_path, "train", "--model", model, "--fold", str(fold),
                            "--folds", str(folds), "--roi-dir", str(rois), "--sample-sheet",
-                           str(sheet), "--out-dir", str(out), "--no-progress")  # fmt: skip
+                           str(sheet), "--out-dir", str(out), "--no-progress", *extra)  # fmt: skip
         seconds[model] = time.perf_counter() - start
     return seconds
 

@@ -262,6 +262,8 @@ def model_reads(model: str, submodels: list[str]) -> set[str]:
     """The modalities a model reads: the registry's for networks, by name for the rest."""
     if model in ("clinical", "clinical_logistic", "clinical_cox"):
         return {"tab"}
+    if model == "radiomics":  # the classical baseline on the lesion's CT and PET features
+        return {"ct", "pet"}
     if model.startswith("late_"):  # the late-fusion integrator of the submodels
         reads: set[str] = set()
         for sub in submodels:

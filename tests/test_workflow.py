@@ -87,6 +87,23 @@ def test_every_model_predicts_every_fold(tiny_run):
         assert len(tested) == len(set(tested))  # each patient tested at most once
 
 
+def test_the_radiomics_model_reads_the_lesion_features(tiny_run):
+    features = pd.read_csv(tiny_run / "radiomics/features.tsv", sep="\t", dtype={"patient_id": str})
+    folds = pd.read_csv(tiny_run / "splits/folds.tsv", sep="\t", dtype={"patient_id": str})
+    assert set(features.patient_id) == set(folds.patient_id)
+    assert (features.status == "ok").mean() >= 0.75  # the tiny preset's smallest lesions may vanish
+    ok = features[features.status == "ok"]
+    assert (ok.lesion_ml > 0).all() and ok.ct_firstorder_Mean.notna().all()
+    for fold in (0, 1):
+        fold_dir = tiny_run / "train" / "radiomics" / f"fold{fold}"
+        assert json.loads((fold_dir / "summary.json").read_text())["status"] == "ok"
+        predictions = pd.read_csv(fold_dir / "predictions.tsv", sep="\t", dtype={"patient_id": str})
+        expected = folds[(folds.fold == fold) & (folds.role == "test") & folds.has_pet]
+        assert set(predictions.patient_id) == set(expected.patient_id)
+    metrics = pd.read_csv(tiny_run / "metrics/all.tsv", sep="\t")
+    assert "radiomics" in set(metrics.model)
+
+
 def test_late_fusion_integrates_the_image_submodels(tiny_run):
     """The integrator reads every configured submodel's fold predictions, not only its own
     clinical fit: CT and PET scores are features in every fold."""

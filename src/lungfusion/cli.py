@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "register": ("register", "register PET to CT and resample both to the target grid"),
     "segment": ("segment", "segment the lungs and the tumour-inclusive region"),
     "roi": ("roi", "crop, window and normalise the model-input tensors"),
+    "radiomics": ("radiomics", "IBSI radiomics features of each patient's lesion in CT and PET"),
     "splits": ("splits", "make stratified cross-validation folds"),
     "train": ("train", "train one model on one fold"),
     "sfsa": ("sfsa", "sequential forward search of MMTM fusion positions on one fold"),

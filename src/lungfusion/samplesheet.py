@@ -142,3 +142,15 @@ def read_sample_sheet(
             log.info("patient %s: label %r is not one of %s; left out", pid, label, classes)
         table = table.loc[~unknown]
     return table.reset_index(drop=True)
+
+
+def read_sheet(path: str, cohort: dict, *, keep_all_labels: bool = False):
+    """The sample sheet with the ``cohort`` config's reading options."""
+    return read_sample_sheet(
+        path,
+        sheet_format=cohort.get("sheet_format", "auto"),
+        sheet_name=cohort.get("sheet_name"),
+        columns=cohort.get("columns") or None,
+        label_from_id=cohort.get("label_from_id"),
+        classes=None if keep_all_labels else cohort.get("classes"),
+    )

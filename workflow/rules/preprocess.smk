@@ -103,3 +103,28 @@ rule roi:
         "python -m lungfusion --params {params.cfg:q} roi --patient {wildcards.pid:q}"
         " --ingest-dir {params.ingest_dir:q} --register-dir {params.register_dir:q}"
         " --segment-dir {params.segment_dir:q} --out {params.npz:q} > {log:q} 2>&1"
+
+
+rule radiomics:
+    input:
+        sheet=SAMPLE_SHEET,
+        rois=per_patient("{results}/roi/{pid}.json"),
+    output:
+        features=f"{RESULTS}/radiomics/features.tsv",
+    log:
+        f"{RESULTS}/logs/radiomics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/radiomics.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        cfg=sections("cohort", "roi", "radiomics"),
+        roi_dir=lambda wc, input: Path(input.rois[0]).parent,
+    shell:
+        "python -m lungfusion --params {params.cfg:q} radiomics --sample-sheet {input.sheet:q}"
+        " --roi-dir {params.roi_dir:q} --out {output.features:q} --threads {threads}"
+        " > {log:q} 2>&1"

@@ -26,8 +26,10 @@ rule splits:
         " --roi-dir {params.roi_dir:q} --out {output.folds:q} > {log:q} 2>&1"
 
 
-# results/train/sfsa/fold{k}/ is written by the search, not by plain training.
+# results/train/sfsa/fold{k}/ is written by the search, not by plain training, and
+# results/train/radiomics/fold{k}/ from the radiomics features, not from the ROI tensors.
 ruleorder: sfsa > train
+ruleorder: train_radiomics > train
 
 
 rule train:
@@ -87,3 +89,30 @@ rule sfsa:
         " --folds {input.folds:q} --roi-dir {params.roi_dir:q} --sample-sheet {input.sheet:q}"
         " --out-dir {params.out_dir:q} --train-out-dir {params.train_out_dir:q} --no-progress"
         " > {log:q} 2>&1"
+
+
+rule train_radiomics:
+    input:
+        folds=f"{RESULTS}/splits/folds.tsv",
+        sheet=SAMPLE_SHEET,
+        features=f"{RESULTS}/radiomics/features.tsv",
+    output:
+        done=f"{RESULTS}/train/radiomics/fold{{fold}}/summary.json",
+    log:
+        f"{RESULTS}/logs/train/radiomics/fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/radiomics/fold{{fold}}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        cfg=sections("task", "cohort", "train"),
+        roi_dir=f"{RESULTS}/roi",
+        out_dir=lambda wc, output: Path(output.done).parent,
+    shell:
+        "python -m lungfusion --params {params.cfg:q} train --model radiomics --fold {wildcards.fold}"
+        " --folds {input.folds:q} --roi-dir {params.roi_dir:q} --sample-sheet {input.sheet:q}"
+        " --radiomics-features {input.features:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -280,7 +280,7 @@ def _tab_context(args, config: dict, clinical: dict, patient: str):
     """A function (columns, fold) -> feature vector, or None when the inputs are missing."""
     if not clinical:
         return None
-    from lungfusion.commands.splits import read_sheet
+    from lungfusion.samplesheet import read_sheet
     from lungfusion.training.splits import read_folds
 
     sheet_path = args.sample_sheet or config["cohort"]["sample_sheet"]

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from lungfusion.artifacts import software_versions, write_json_atomic
-from lungfusion.commands.splits import read_sheet
 from lungfusion.commands.train import prepare_fold, run_hash_payload, settings_from_config
+from lungfusion.samplesheet import read_sheet
 from lungfusion.training.engine import (
     Trainer,
     TrainSettings,

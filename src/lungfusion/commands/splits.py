@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from lungfusion.artifacts import atomic_path
-from lungfusion.samplesheet import read_sample_sheet
+from lungfusion.samplesheet import read_sheet
 from lungfusion.training.splits import cohort_table, make_folds
 
 log = logging.getLogger(__name__)
@@ -18,18 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roi-dir", required=True, help="folder of {pid}.npz and {pid}.json")
     parser.add_argument("--out", required=True, help="folds TSV (cohort.tsv is written beside it)")
     parser.add_argument("--cohort-out", default=None, help="cohort TSV (default: beside --out)")
-
-
-def read_sheet(path: str, cohort: dict, *, keep_all_labels: bool = False):
-    """The sample sheet with the ``cohort`` config's reading options."""
-    return read_sample_sheet(
-        path,
-        sheet_format=cohort.get("sheet_format", "auto"),
-        sheet_name=cohort.get("sheet_name"),
-        columns=cohort.get("columns") or None,
-        label_from_id=cohort.get("label_from_id"),
-        classes=None if keep_all_labels else cohort.get("classes"),
-    )
 
 
 def run(args: argparse.Namespace, config: dict) -> int:

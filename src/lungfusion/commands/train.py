@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from lungfusion.clinical import clinical_tabular_features
-from lungfusion.commands.splits import read_sheet
+from lungfusion.samplesheet import read_sheet
 from lungfusion.training.data import make_records, roi_shape, split_by_modality
 from lungfusion.training.engine import TrainSettings, config_hash, train_model
 from lungfusion.training.splits import fold_patients, read_folds
@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-sheet", required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--radiomics-features", type=Path, default=None,
+        help="features.tsv of `lungfusion radiomics` (model radiomics only)",
+    )  # fmt: skip
 
 
 def settings_from_config(config: dict, *, progress: bool = True, **overrides) -> TrainSettings:
@@ -147,6 +151,8 @@ def run(args: argparse.Namespace, config: dict) -> int:
 
     if args.model == "clinical":
         return run_clinical(args, config)
+    if args.model == "radiomics":
+        return run_radiomics(args, config)
     settings = settings_from_config(
         config, progress=not args.no_progress, **loss_overrides(config, args.model)
     )
@@ -241,10 +247,115 @@ def run_clinical(args: argparse.Namespace, config: dict) -> int:
     """Logistic regression (or Cox PH) on the clinical table, written like the networks' runs:
     ``model.joblib``, ``history.tsv`` (one row), ``val_predictions.tsv``, ``predictions.tsv`` and,
     last, ``summary.json``."""
+    from lungfusion.evaluation.clinical import fit_clinical_model
+
+    started = time.perf_counter()
+    settings = settings_from_config(config, progress=False)
+    section = model_section(config, "clinical")
+    columns = config["train"].get("clinical_columns")
+    sheet = read_sheet(args.sample_sheet, config["cohort"])
+    sheet["patient_id"] = sheet.patient_id.astype(str)
+    roles = _table_model_roles(args)
+    out_dir = _fresh_out_dir(args.out_dir)
+    model = fit_clinical_model(
+        sheet, fit_ids=roles["train"], task=settings.task, classes=list(settings.classes),
+        C=float(section.get("C", 1.0)), alpha=float(section.get("alpha", 1.0)), columns=columns,
+    )  # fmt: skip
+    table = sheet.set_index("patient_id", drop=False)
+    _write_table_model_run(
+        out_dir, model, table, roles, fold=args.fold, settings=settings, started=started,
+        summary={
+            "model": "clinical",
+            "estimator": type(model.estimator).__name__,
+            "features": [str(n) for n in model.preprocessor.get_feature_names_out()],
+            "model_options": {
+                "C": section.get("C", 1.0),
+                "alpha": section.get("alpha", 1.0),
+                "clinical_columns": columns,
+            },
+            "excluded_missing_modality": {"count": 0, "by_role": {}, "patients": {}},
+            "modalities": ["tab"],
+        },
+    )  # fmt: skip
+    return 0
+
+
+def run_radiomics(args: argparse.Namespace, config: dict) -> int:
+    """Penalised logistic regression (or ridge Cox) on the lesion's CT and PET radiomics
+    features, written like the clinical model's runs. Patients without a PET are left out and
+    counted, as for the CT+PET networks; those whose ROI showed no lesion are imputed."""
+    from lungfusion.training.radiomics import fit_radiomics_model
+
+    started = time.perf_counter()
+    settings = settings_from_config(config, progress=False)
+    section = model_section(config, "radiomics")
+    if args.radiomics_features is None:
+        raise ValueError("model radiomics needs --radiomics-features (lungfusion radiomics)")
+    features = pd.read_csv(args.radiomics_features, sep="\t", dtype={"patient_id": str})
+    sheet = read_sheet(args.sample_sheet, config["cohort"])
+    sheet["patient_id"] = sheet.patient_id.astype(str)
+    table = sheet.merge(features.drop(columns=["has_pet"], errors="ignore"), on="patient_id",
+                        how="left", validate="one_to_one").set_index("patient_id", drop=False)  # fmt: skip
+    roles, excluded = {}, {}
+    for role, rows in fold_patients(read_folds(args.folds), args.fold).items():
+        kept, dropped = split_by_modality(rows, {"ct", "pet"})
+        roles[role] = [str(p) for p in kept.patient_id]
+        excluded[role] = sorted(dropped.patient_id.astype(str))
+    if not roles["train"] or not roles["val"]:
+        raise ValueError(f"fold {args.fold}: need training and validation patients with PET")
+    out_dir = _fresh_out_dir(args.out_dir)
+    C, alpha = float(section.get("C", 0.01)), float(section.get("alpha", 10.0))
+    model = fit_radiomics_model(
+        table, fit_ids=roles["train"], task=settings.task, classes=list(settings.classes),
+        C=C, alpha=alpha,
+    )  # fmt: skip
+    used = sorted({p for ids in roles.values() for p in ids})
+    status = table.loc[used, "status"].fillna("missing")
+    _write_table_model_run(
+        out_dir, model, table, roles, fold=args.fold, settings=settings, started=started,
+        summary={
+            "model": "radiomics",
+            "estimator": type(model.pipeline[-1]).__name__,
+            "features": model.columns,
+            "model_options": {"C": C, "alpha": alpha},
+            "imputed_without_features": sorted(status.index[status != "ok"]),
+            "excluded_missing_modality": {
+                "count": sum(len(v) for v in excluded.values()),
+                "by_role": {k: len(v) for k, v in excluded.items()},
+                "patients": excluded,
+            },
+            "modalities": ["ct", "pet"],
+        },
+    )  # fmt: skip
+    return 0
+
+
+def _table_model_roles(args: argparse.Namespace) -> dict[str, list[str]]:
+    roles = {
+        role: [str(p) for p in rows.patient_id]
+        for role, rows in fold_patients(read_folds(args.folds), args.fold).items()
+    }
+    if not roles["train"] or not roles["val"]:
+        raise ValueError(f"fold {args.fold}: need training and validation patients")
+    return roles
+
+
+def _fresh_out_dir(out_dir) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").unlink(missing_ok=True)  # the run is not complete until rewritten
+    return out_dir
+
+
+def _write_table_model_run(
+    out_dir: Path, model, table: pd.DataFrame, roles: dict, *, fold: int, settings, started: float,
+    summary: dict,
+) -> None:  # fmt: skip
+    """``model.joblib``, ``history.tsv`` (one row), ``val_predictions.tsv``,
+    ``predictions.tsv`` and, last, ``summary.json`` of a fitted table model (``model.score``)."""
     import joblib
 
     from lungfusion.artifacts import atomic_path, software_versions, write_json_atomic
-    from lungfusion.evaluation.clinical import fit_clinical_model
     from lungfusion.training.engine import (
         _empty_predictions,
         auc_score,
@@ -253,30 +364,10 @@ def run_clinical(args: argparse.Namespace, config: dict) -> int:
         write_table,
     )
 
-    started = time.perf_counter()
-    settings = settings_from_config(config, progress=False)
-    section = model_section(config, "clinical")
-    columns = config["train"].get("clinical_columns")
-    sheet = read_sheet(args.sample_sheet, config["cohort"])
-    sheet["patient_id"] = sheet.patient_id.astype(str)
-    roles = {
-        role: [str(p) for p in rows.patient_id]
-        for role, rows in fold_patients(read_folds(args.folds), args.fold).items()
-    }
-    if not roles["train"] or not roles["val"]:
-        raise ValueError(f"fold {args.fold}: need training and validation patients")
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").unlink(missing_ok=True)  # the run is not complete until rewritten
-    model = fit_clinical_model(
-        sheet, fit_ids=roles["train"], task=settings.task, classes=list(settings.classes),
-        C=float(section.get("C", 1.0)), alpha=float(section.get("alpha", 1.0)), columns=columns,
-    )  # fmt: skip
     with atomic_path(out_dir / "model.joblib") as tmp:
         joblib.dump(model, tmp)
-    table = sheet.set_index("patient_id", drop=False)
     tables = {
-        role: clinical_predictions(model, table.loc[ids], fold=args.fold, settings=settings)
+        role: table_model_predictions(model, table.loc[ids], fold=fold, settings=settings)
         if ids else _empty_predictions(settings)
         for role, ids in roles.items()
     }  # fmt: skip
@@ -292,39 +383,29 @@ def run_clinical(args: argparse.Namespace, config: dict) -> int:
         labels, probs = _labels_probs(val, settings)
         row.update(val_auc=auc_score(labels, probs), val_gmean=gmean_score(labels, probs))
     row.update(lr=float("nan"), seconds=round(time.perf_counter() - started, 3))
-    history = pd.DataFrame([row])
-    write_table(history, out_dir / "history.tsv")
+    write_table(pd.DataFrame([row]), out_dir / "history.tsv")
     write_table(tables["val"], out_dir / "val_predictions.tsv")
     write_table(tables["test"], out_dir / "predictions.tsv")
     write_json_atomic(
         out_dir / "summary.json",
         {
             "status": "ok",
-            "model": "clinical",
-            "fold": args.fold,
+            "model": summary["model"],
+            "fold": fold,
             "task": settings.task,
             "n_patients": {role: len(ids) for role, ids in roles.items()},
             "best_epoch": 1,
             "selection_metric": settings.selection_metric,
             "best_val_loss": row["val_loss"],
-            "estimator": type(model.estimator).__name__,
-            "features": [str(n) for n in model.preprocessor.get_feature_names_out()],
-            "model_options": {
-                "C": section.get("C", 1.0),
-                "alpha": section.get("alpha", 1.0),
-                "clinical_columns": columns,
-            },  # fmt: skip
-            "excluded_missing_modality": {"count": 0, "by_role": {}, "patients": {}},
-            "modalities": ["tab"],
+            **summary,
             "timings_s": {"fit_and_predict": round(time.perf_counter() - started, 3)},
             "software": software_versions(),
         },
     )
-    return 0
 
 
-def clinical_predictions(model, rows: pd.DataFrame, *, fold: int, settings) -> pd.DataFrame:
-    """The engine's prediction table columns for the clinical model's scores of ``rows``."""
+def table_model_predictions(model, rows: pd.DataFrame, *, fold: int, settings) -> pd.DataFrame:
+    """The engine's prediction table columns for a table model's scores of ``rows``."""
     scores = model.score(rows)
     table = pd.DataFrame({"patient_id": rows["patient_id"].astype(str).to_list(), "fold": fold})
     if settings.task == "survival":

@@ -53,12 +53,17 @@ class ClinicalModel:
 
     def score(self, sheet: pd.DataFrame) -> dict[str, np.ndarray]:
         """``{"prob_<class>": ...}`` (classification) or ``{"risk": ...}`` (survival)."""
-        x = self.features(sheet)
-        if self.task == "survival":
-            return {"risk": np.asarray(self.estimator.predict(x), dtype=float)}
-        probs = np.zeros((len(x), len(self.classes)))
-        probs[:, self.estimator.classes_] = self.estimator.predict_proba(x)
-        return {f"prob_{c}": probs[:, i] for i, c in enumerate(self.classes)}
+        return estimator_scores(self.estimator, self.features(sheet), self.task, self.classes)
+
+
+def estimator_scores(estimator, x, task: str, classes: Sequence[str] | None) -> dict:
+    """A fitted scikit-learn estimator's ``{"prob_<class>": ...}`` for every class, including
+    any its training patients lacked (probability 0), or ``{"risk": ...}`` for survival."""
+    if task == "survival":
+        return {"risk": np.asarray(estimator.predict(x), dtype=float)}
+    probs = np.zeros((len(x), len(classes)))
+    probs[:, estimator.classes_] = estimator.predict_proba(x)
+    return {f"prob_{c}": probs[:, i] for i, c in enumerate(classes)}
 
 
 def fit_clinical_model(

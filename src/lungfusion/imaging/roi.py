@@ -184,7 +184,7 @@ def _soft_tissue(
     return ndi.binary_opening(tissue, structure=np.ones(2 * radius + 1, dtype=bool))
 
 
-def _lesion_candidates(hu: np.ndarray, inside: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+def lesion_candidates(hu: np.ndarray, inside: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
     """Voxels of the region denser than aerated lung (``CT_ONLY_LESION_HU``), opened by an
     ellipsoid of in-plane radius ``CT_ONLY_OPEN_MM`` so vessels and thin walls come off."""
     structure = _ellipsoid(CT_ONLY_OPEN_MM, spacing_zyx)
@@ -197,7 +197,7 @@ def _ct_blobs(ct: sitk.Image, region: sitk.Image) -> tuple[np.ndarray, ...]:
     spacing_zyx = np.array(ct.GetSpacing()[::-1])
     hu = sitk.GetArrayViewFromImage(ct)
     inside = sitk.GetArrayViewFromImage(region) > 0
-    candidates = _lesion_candidates(hu, inside, spacing_zyx)
+    candidates = lesion_candidates(hu, inside, spacing_zyx)
     labels, count = ndi.label(candidates)
     # each blob's shell: the voxels just outside it (a 6-neighbour of one of its voxels)
     six = ndi.generate_binary_structure(3, 1)

@@ -1,0 +1,111 @@
+"""IBSI radiomics features of the lesion in a ROI, CT and PET, with pyradiomics.
+
+Each patient's ROI (``results/roi/{pid}.npz``) gives the CT (HU), the PET (SUV) and the region
+on one grid; the lesion is :func:`lungfusion.imaging.lesion.segment_lesion`. pyradiomics then
+computes, on the original images, the configured feature classes with a fixed bin width per
+modality (HU and SUV are absolute scales, so a fixed width keeps bins comparable across
+patients, as IBSI recommends for CT and PET). The names are ``ct_<class>_<feature>`` and
+``pet_<class>_<feature>``, and ``lesion_ml``.
+
+>>> settings = radiomics_settings({})
+>>> settings["ct_bin_width"], settings["pet_bin_width"]
+(25.0, 0.5)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from lungfusion.imaging.lesion import MAX_OFFSET_MM, segment_lesion
+
+RADIOMICS_DEFAULTS = {
+    "ct_features": ["shape", "firstorder", "glcm", "glrlm", "glszm"],
+    "pet_features": ["firstorder", "glcm", "glszm"],
+    "ct_bin_width": 25.0,  # HU
+    "pet_bin_width": 0.5,  # SUV
+    "min_lesion_voxels": 8,  # below this, texture matrices are empty
+    "max_offset_mm": MAX_OFFSET_MM,
+}
+FEATURE_CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+
+
+def radiomics_settings(section: Mapping | None) -> dict:
+    settings = {**RADIOMICS_DEFAULTS, **(section or {})}
+    for key in ("ct_features", "pet_features"):
+        unknown = set(settings[key]) - set(FEATURE_CLASSES)
+        if unknown:
+            raise ValueError(
+                f"radiomics.{key}: unknown feature classes {sorted(unknown)}; "
+                f"choose from {list(FEATURE_CLASSES)}"
+            )
+    settings["ct_bin_width"] = float(settings["ct_bin_width"])
+    settings["pet_bin_width"] = float(settings["pet_bin_width"])
+    return settings
+
+
+def _extractor(classes, bin_width: float):
+    from radiomics import featureextractor
+
+    # pyradiomics sets its logger up on import; its per-feature notes are not the user's concern
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+    extractor = featureextractor.RadiomicsFeatureExtractor(
+        binWidth=bin_width, additionalInfo=False, minimumROIDimensions=3
+    )
+    extractor.disableAllFeatures()
+    for name in classes:
+        extractor.enableFeatureClassByName(name)
+    return extractor
+
+
+def _image(array: np.ndarray, spacing_xyz) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing(tuple(float(s) for s in spacing_xyz))
+    return image
+
+
+def _features(extractor, image: sitk.Image, mask: sitk.Image, prefix: str) -> dict[str, float]:
+    values = extractor.execute(image, mask, label=1)
+    return {
+        f"{prefix}_{key.removeprefix('original_')}": float(value)
+        for key, value in values.items()
+        if key.startswith("original_")
+    }
+
+
+def lesion_features(
+    hu: np.ndarray,
+    suv: np.ndarray | None,
+    region: np.ndarray,
+    spacing_xyz,
+    settings: Mapping,
+) -> tuple[dict[str, float], str]:
+    """(features, status) of one ROI: status ``ok``, or ``no_lesion`` (none near the centre, or
+    under ``min_lesion_voxels``) or ``flat_lesion`` (one voxel thick along an axis), featureless."""
+    spacing_zyx = np.asarray(spacing_xyz, dtype=float)[::-1]
+    lesion = segment_lesion(hu, region, spacing_zyx, max_offset_mm=settings["max_offset_mm"])
+    if lesion.sum() < settings["min_lesion_voxels"]:
+        return {}, "no_lesion"
+    if min(np.ptp(np.argwhere(lesion), axis=0)) == 0:  # one slice or row thick: no 3D texture
+        return {}, "flat_lesion"
+    mask = _image(lesion.astype(np.uint8), spacing_xyz)
+    features = {"lesion_ml": float(lesion.sum() * spacing_zyx.prod() / 1e3)}
+    ct = _extractor(settings["ct_features"], settings["ct_bin_width"])
+    features.update(_features(ct, _image(hu.astype(np.float32), spacing_xyz), mask, "ct"))
+    if suv is not None:
+        pet = _extractor(settings["pet_features"], settings["pet_bin_width"])
+        features.update(_features(pet, _image(suv.astype(np.float32), spacing_xyz), mask, "pet"))
+    return features, "ok"
+
+
+def read_roi(roi_path: Path, *, ct_window, suv_window) -> dict:
+    """HU, SUV (None without PET), region and spacing of a ROI file, undone from its windows."""
+    with np.load(roi_path) as roi:
+        hu = roi["ct"] * (ct_window[1] - ct_window[0]) + ct_window[0]
+        has_pet = bool(roi["has_pet"])
+        suv = roi["pet"] * (suv_window[1] - suv_window[0]) + suv_window[0] if has_pet else None
+        return {"hu": hu, "suv": suv, "region": roi["lungs"], "spacing_xyz": roi["spacing"]}

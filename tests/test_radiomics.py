@@ -1,0 +1,194 @@
+"""The radiomics stage and model: the lesion mask, pyradiomics features, the cohort table, the
+fold fits."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from lungfusion.cli import main
+from lungfusion.imaging.lesion import segment_lesion
+from lungfusion.imaging.radiomics import lesion_features, radiomics_settings
+
+SPACING_XYZ = np.array([0.977, 0.977, 3.27])
+SHAPE = (16, 32, 32)  # z, y, x
+CT_WINDOW, SUV_WINDOW = (-1024.0, 1024.0), (0.0, 20.0)
+
+
+def _distance_mm(centre_zyx) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(0, n) for n in SHAPE)]
+    spacing_zyx = SPACING_XYZ[::-1]
+    return np.sqrt(
+        sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre_zyx, spacing_zyx, strict=True))
+    )
+
+
+def lung_roi(*, radius_mm=7.0, centre_zyx=(7.5, 15.5, 15.5), lesion_hu=30.0, seed=0):
+    """Aerated lung (-850 HU) holding a spherical solid lesion and, beside it, a 1 mm vessel
+    that touches it; the region is the whole box. Returns hu, suv, region, lesion truth."""
+    rng = np.random.default_rng(seed)
+    hu = np.full(SHAPE, -850.0) + rng.normal(0, 10, SHAPE)
+    lesion = _distance_mm(centre_zyx) <= radius_mm
+    hu[lesion] = lesion_hu + rng.normal(0, 10, int(lesion.sum()))
+    cz, cy, _ = (int(round(c)) for c in centre_zyx)
+    hu[cz, cy, :] = np.where(lesion[cz, cy, :], hu[cz, cy, :], 40.0)  # a vessel along x
+    suv = np.where(lesion, 6.0, 0.5)
+    return hu, suv, np.ones(SHAPE, np.uint8), lesion
+
+
+def test_the_lesion_mask_is_the_blob_at_the_centre_without_its_vessel():
+    hu, _, region, truth = lung_roi()
+    mask = segment_lesion(hu, region, SPACING_XYZ[::-1])
+    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.85
+    assert not mask[7, 15, :3].any() and not mask[7, 15, -3:].any()  # the vessel's far ends
+
+
+def test_a_lesion_far_from_the_centre_is_not_taken():
+    hu, _, region, _ = lung_roi(radius_mm=4.0, centre_zyx=(7.5, 4.0, 4.0))
+    assert not segment_lesion(hu, region, SPACING_XYZ[::-1], max_offset_mm=5.0).any()
+    assert segment_lesion(hu, region, SPACING_XYZ[::-1], max_offset_mm=25.0).any()
+
+
+def test_a_lesion_two_slices_thin_is_found_without_the_opening():
+    hu = np.full(SHAPE, -850.0)
+    hu[7:9, 12:20, 12:20] = 20.0  # 6.5 mm thick: the opening's ellipsoid spans three slices
+    mask = segment_lesion(hu, np.ones(SHAPE, np.uint8), SPACING_XYZ[::-1])
+    assert mask.sum() == 2 * 8 * 8
+
+
+def test_features_of_a_sphere_match_its_volume_and_intensities():
+    hu, suv, region, truth = lung_roi(radius_mm=7.0)
+    features, status = lesion_features(hu, suv, region, SPACING_XYZ, radiomics_settings({}))
+    assert status == "ok"
+    volume_ml = 4 / 3 * math.pi * 7.0**3 / 1e3
+    assert features["ct_shape_VoxelVolume"] / 1e3 == pytest.approx(volume_ml, rel=0.25)
+    assert features["lesion_ml"] == pytest.approx(features["ct_shape_VoxelVolume"] / 1e3)
+    assert features["ct_firstorder_Mean"] == pytest.approx(30.0, abs=15.0)
+    assert features["pet_firstorder_Maximum"] == pytest.approx(6.0)
+    assert {"ct_glcm_Contrast", "ct_glrlm_RunEntropy", "ct_glszm_ZoneEntropy"} <= set(features)
+    assert not any(k.startswith("pet_shape") for k in features)  # the shape is the CT's
+
+
+def test_features_without_pet_or_without_a_lesion():
+    hu, _, region, _ = lung_roi()
+    features, status = lesion_features(hu, None, region, SPACING_XYZ, radiomics_settings({}))
+    assert status == "ok" and not any(k.startswith("pet_") for k in features)
+    empty = np.full(SHAPE, -850.0)
+    assert lesion_features(empty, None, region, SPACING_XYZ, radiomics_settings({})) == (
+        {},
+        "no_lesion",
+    )
+    flat = empty.copy()
+    flat[7, 10:20, 10:20] = 20.0  # one slice
+    assert lesion_features(flat, None, region, SPACING_XYZ, radiomics_settings({}))[1] == (
+        "flat_lesion"
+    )
+
+
+def test_unknown_feature_classes_are_refused():
+    with pytest.raises(ValueError, match="texture"):
+        radiomics_settings({"ct_features": ["texture"]})
+
+
+# --- the stage and the model through the command line ------------------------------------------
+
+
+def _write_roi(roi_dir: Path, pid: str, hu, suv) -> None:
+    scale = lambda a, w: np.clip((a - w[0]) / (w[1] - w[0]), 0, 1).astype(np.float32)  # noqa: E731
+    np.savez(
+        roi_dir / f"{pid}.npz", ct=scale(hu, CT_WINDOW),
+        pet=scale(suv, SUV_WINDOW) if suv is not None else np.zeros(SHAPE, np.float32),
+        lungs=np.ones(SHAPE, np.uint8), has_pet=np.bool_(suv is not None),
+        spacing=SPACING_XYZ, origin=np.zeros(3),
+    )  # fmt: skip
+    (roi_dir / f"{pid}.json").write_text(json.dumps({"status": "ok", "has_pet": suv is not None}))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> dict:
+    """40 patients whose SQC lesions are larger and hotter; P001 has no PET, P002's ROI file
+    is corrupt, P003's ROI stage failed, P004's ROI shows no lesion."""
+    root = tmp_path_factory.mktemp("radiomics")
+    roi_dir = root / "roi"
+    roi_dir.mkdir()
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(40):
+        pid, label = f"P{i:03d}", ("SQC" if i % 2 else "ADC")
+        rows.append({"patient_id": pid, "label": label})
+        radius = rng.normal(8.5 if label == "SQC" else 6.0, 0.8)
+        hu, suv, _, lesion = lung_roi(radius_mm=radius, seed=i)
+        suv = np.where(lesion, 9.0 if label == "SQC" else 5.0, 0.5) + rng.normal(0, 0.3, SHAPE)
+        if i == 4:
+            hu = np.full(SHAPE, -850.0)
+        _write_roi(roi_dir, pid, hu, None if i == 1 else suv)
+    (roi_dir / "P002.npz").write_bytes(b"not an npz")
+    (roi_dir / "P003.json").write_text(json.dumps({"status": "failed"}))
+    sheet = root / "clinical.tsv"
+    pd.DataFrame(rows).to_csv(sheet, sep="\t", index=False)
+    out = root / "radiomics" / "features.tsv"
+    argv = ["radiomics", "--sample-sheet", str(sheet), "--roi-dir", str(roi_dir)]
+    assert main([*argv, "--out", str(out), "--threads", "2"]) == 0
+    return {"root": root, "sheet": sheet, "roi_dir": roi_dir, "features": out}
+
+
+def test_the_stage_writes_a_row_per_patient_and_names_those_without_features(cohort):
+    table = pd.read_csv(cohort["features"], sep="\t", dtype={"patient_id": str})
+    assert len(table) == 40
+    status = table.set_index("patient_id").status
+    assert status[["P002", "P003", "P004"]].to_list() == ["failed", "skipped", "no_lesion"]
+    assert (status.drop(["P002", "P003", "P004"]) == "ok").all()
+    error = table.set_index("patient_id").error["P002"]
+    assert "P002" in error and "P002.npz" in error
+    assert table.set_index("patient_id").has_pet["P001"] == False  # noqa: E712
+    assert pd.isna(table.set_index("patient_id").loc["P001", "pet_firstorder_Mean"])
+    summary = json.loads(cohort["features"].with_suffix(".json").read_text())
+    assert summary["counts"] == {"ok": 37, "failed": 1, "skipped": 1, "no_lesion": 1}
+    assert summary["patients_without_features"]["failed"] == ["P002"]
+
+
+def test_the_model_learns_the_lesion_size_and_uptake_on_every_fold(cohort, tmp_path):
+    folds = tmp_path / "folds.tsv"
+    params = {"splits": {"n_folds": 2, "validation_fraction": 0.25, "seed": 0}}
+    common = ["--params", json.dumps(params)]
+    io = ["--sample-sheet", str(cohort["sheet"]), "--roi-dir", str(cohort["roi_dir"])]
+    assert main([*common, "splits", *io, "--out", str(folds)]) == 0
+    has_pet = pd.read_csv(folds, sep="\t").query("fold == 0").set_index("patient_id").has_pet
+    assert not has_pet["P001"]  # the splits read it from the ROI sidecar
+    scored = []
+    for fold in (0, 1):
+        out = tmp_path / f"fold{fold}"
+        argv = [*common, "train", "--model", "radiomics", "--fold", str(fold), "--folds"]
+        argv += [str(folds), *io, "--radiomics-features", str(cohort["features"])]
+        assert main([*argv, "--out-dir", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["status"] == "ok" and summary["modalities"] == ["ct", "pet"]
+        assert summary["excluded_missing_modality"]["count"] == 1  # P001 in each fold
+        assert "P001" not in pd.read_csv(out / "predictions.tsv", sep="\t").patient_id.to_list()
+        assert {"P002", "P003", "P004"} >= set(summary["imputed_without_features"])
+        assert len(summary["features"]) > 100
+        predictions = pd.read_csv(out / "predictions.tsv", sep="\t")
+        assert list(predictions.columns) == ["patient_id", "fold", "label", "prob_ADC", "prob_SQC"]
+        assert np.allclose(predictions[["prob_ADC", "prob_SQC"]].sum(axis=1), 1.0)
+        assert (out / "model.joblib").stat().st_size > 0
+        assert (out / "val_predictions.tsv").is_file() and (out / "history.tsv").is_file()
+        scored.append(predictions)
+    pooled = pd.concat(scored)
+    ok = pooled[~pooled.patient_id.isin(["P002", "P003", "P004"])]
+    assert roc_auc_score(ok.label == "SQC", ok.prob_SQC) > 0.9
+
+
+def test_the_model_needs_the_features_table(cohort, tmp_path):
+    folds = tmp_path / "folds.tsv"
+    io = ["--sample-sheet", str(cohort["sheet"]), "--roi-dir", str(cohort["roi_dir"])]
+    assert main(["splits", *io, "--out", str(folds)]) == 0
+    argv = ["train", "--model", "radiomics", "--fold", "0", "--folds", str(folds), *io]
+    with pytest.raises(ValueError, match="--radiomics-features"):
+        main([*argv, "--out-dir", str(tmp_path / "out")])
