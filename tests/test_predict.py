@@ -36,6 +36,28 @@ def _save_checkpoint(path: Path, name: str, seed: int, *, tta: bool = False) -> 
     )  # fmt: skip
 
 
+def _save_radiomics_model(path: Path, seed: int) -> None:
+    """A radiomics fold model as `lungfusion train --model radiomics` saves it: SQC lesions
+    larger and hotter."""
+    import joblib
+    import numpy as np
+    import pandas as pd
+
+    from lungfusion.training.radiomics import fit_radiomics_model
+
+    rng = np.random.default_rng(seed)
+    sqc = rng.random(60) < 0.5
+    table = pd.DataFrame({
+        "patient_id": [f"p{i}" for i in range(60)], "label": np.where(sqc, "SQC", "ADC"),
+        "lesion_ml": rng.normal(np.where(sqc, 3.0, 1.0), 0.5),
+        "pet_firstorder_Maximum": rng.normal(np.where(sqc, 9.0, 5.0), 1.0),
+    })  # fmt: skip
+    model = fit_radiomics_model(table, fit_ids=table.patient_id, task="classification",
+                                classes=CLASSES, C=1.0)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, path)
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> dict:
     from lungfusion.synth import generate_cohort
@@ -50,6 +72,8 @@ def synthetic(tmp_path_factory) -> dict:
     for name in ("ct", "early"):
         for fold in (0, 1):
             _save_checkpoint(models_dir / name / f"fold{fold}" / "model.pt", name, seed=fold)
+    for fold in (0, 1):
+        _save_radiomics_model(models_dir / "radiomics" / f"fold{fold}" / "model.joblib", seed=fold)
     return {"root": root, "models_dir": models_dir, **cohorts}
 
 
@@ -91,6 +115,11 @@ def test_predict_synthetic_patient_averages_folds(synthetic, tmp_path, capsys):
         folds = [result["folds"][f"fold{k}"]["probabilities"]["SQC"] for k in (0, 1)]
         assert probs["SQC"] == pytest.approx(sum(folds) / 2, abs=1e-6)
         assert folds[0] != folds[1]  # two different fold models really were run
+    radiomics = record["models"]["radiomics"]
+    assert radiomics["n_folds"] == 2 and "warning" not in radiomics  # the lesion was found
+    folds = [radiomics["folds"][f"fold{k}"]["probabilities"]["SQC"] for k in (0, 1)]
+    assert radiomics["probabilities"]["SQC"] == pytest.approx(sum(folds) / 2)
+    assert sum(radiomics["probabilities"].values()) == pytest.approx(1.0)
     printed = capsys.readouterr().out
     assert "ct" in printed and "P(SQC)=" in printed and "2 folds" in printed
 
@@ -105,6 +134,7 @@ def test_predict_without_pet_skips_pet_models(synthetic, tmp_path):
     assert record["patient_id"] == "case7" and record["imaging"]["has_pet"] is False
     assert "probabilities" in record["models"]["ct"]
     assert "PET" in record["models"]["early"]["skipped"]
+    assert "PET" in record["models"]["radiomics"]["skipped"]
 
 
 def test_predict_scores_a_tta_checkpoint_as_it_was_selected(tmp_path):

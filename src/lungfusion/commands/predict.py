@@ -8,6 +8,8 @@ model.pt``): the mean softmax probability per class, each fold's calibrated on i
 patients as in training (``calibration.json`` beside ``model.pt``), or the mean risk for
 survival (risk scales differ between folds, so compare a survival risk with its own model's
 training risks only).
+The radiomics model (``{model}/fold{k}/model.joblib``) scores the lesion features of the same
+ROI, computed with the config's ``radiomics`` settings, with the fold models' mean probability.
 Models that read a modality the patient lacks (PET) are skipped with the reason. Models that
 read clinical values need ``--clinical key=value`` plus the sample sheet and folds used in
 training, because their clinical features are standardised with each fold's training patients.
@@ -146,10 +148,12 @@ def prepare_roi(dicom_dir: Path, work_dir: Path, config: dict, patient: str) -> 
 # ------------------------------------------------------------------------------- models
 
 
-def find_checkpoints(models_dir: Path, names: list[str] | None = None) -> dict[str, list[Path]]:
+def find_checkpoints(
+    models_dir: Path, names: list[str] | None = None, *, file_name: str = "model.pt"
+) -> dict[str, list[Path]]:
     """``{model: [fold0/model.pt, fold1/model.pt, ...]}`` under ``models_dir``."""
     found: dict[str, list[Path]] = {}
-    for path in sorted(models_dir.glob("*/fold*/model.pt")):
+    for path in sorted(models_dir.glob(f"*/fold*/{file_name}")):
         if FOLD_DIR.match(path.parent.name) and (names is None or path.parent.parent.name in names):
             found.setdefault(path.parent.parent.name, []).append(path)
     return found
@@ -250,6 +254,11 @@ def predict_model(
             folds[path.parent.name] = {
                 "probabilities": calibrated(path.parent, payload["classes"], probs)
             }
+    return fold_mean(folds)
+
+
+def fold_mean(folds: dict) -> dict:
+    """The mean risk or per-class probability over the fold predictions, with the folds."""
     first = next(iter(folds.values()))
     if "risk" in first:
         result = {"risk": float(np.mean([f["risk"] for f in folds.values()]))}
@@ -300,10 +309,40 @@ def _tab_context(args, config: dict, clinical: dict, patient: str):
     return vector
 
 
+def predict_radiomics(fold_models: list[Path], npz: Path, *, has_pet: bool, config: dict) -> dict:
+    """The radiomics model's fold predictions of the patient's ROI and their mean."""
+    import joblib
+
+    from lungfusion.imaging.radiomics import lesion_features, radiomics_settings, read_roi
+
+    if not has_pet:
+        return {"skipped": "the model reads PET and this patient has none"}
+    roi_settings = config["roi"]
+    roi = read_roi(npz, ct_window=roi_settings["ct_window"], suv_window=roi_settings["suv_window"])
+    features, status = lesion_features(
+        roi["hu"], roi["suv"], roi["region"], roi["spacing_xyz"],
+        radiomics_settings(config.get("radiomics")),
+    )  # fmt: skip
+    folds = {}
+    for path in fold_models:
+        model = joblib.load(path)
+        scores = model.score(pd.DataFrame([{c: features.get(c, np.nan) for c in model.columns}]))
+        folds[path.parent.name] = (
+            {"risk": float(scores["risk"][0])} if "risk" in scores
+            else {"probabilities": {c.removeprefix("prob_"): float(v[0]) for c, v in scores.items()}}
+        )  # fmt: skip
+    result = fold_mean(folds)
+    if status != "ok":
+        result["warning"] = f"lesion features {status}: imputed with the training patients' medians"
+    return result
+
+
 def run(args: argparse.Namespace, config: dict) -> int:
     clinical = parse_clinical(args.clinical)
     checkpoints = find_checkpoints(args.models_dir, args.models)
-    if not checkpoints:
+    tables = find_checkpoints(args.models_dir, args.models, file_name="model.joblib")
+    tables = {name: paths for name, paths in tables.items() if name == "radiomics"}
+    if not checkpoints and not tables:
         raise SystemExit(f"no trained models (*/fold*/model.pt) under {args.models_dir}")
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="lungfusion-predict-"))
     try:
@@ -324,6 +363,10 @@ def run(args: argparse.Namespace, config: dict) -> int:
             )  # fmt: skip
             for name, paths in checkpoints.items()
         }
+        for name, paths in tables.items():
+            models[name] = predict_radiomics(
+                paths, imaging["npz"], has_pet=imaging["has_pet"], config=config
+            )
         record = {
             "patient_id": args.patient_id,
             "task": config["task"],
