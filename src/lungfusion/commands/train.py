@@ -294,8 +294,9 @@ def run_radiomics(args: argparse.Namespace, config: dict) -> int:
     features = pd.read_csv(args.radiomics_features, sep="\t", dtype={"patient_id": str})
     sheet = read_sheet(args.sample_sheet, config["cohort"])
     sheet["patient_id"] = sheet.patient_id.astype(str)
-    table = sheet.merge(features.drop(columns=["has_pet"], errors="ignore"), on="patient_id",
-                        how="left", validate="one_to_one").set_index("patient_id", drop=False)  # fmt: skip
+    features = features.drop(columns=["has_pet"], errors="ignore")  # the folds' flag decides
+    table = sheet.merge(features, on="patient_id", how="left", validate="one_to_one")
+    table = table.set_index("patient_id", drop=False)
     roles, excluded = {}, {}
     for role, rows in fold_patients(read_folds(args.folds), args.fold).items():
         kept, dropped = split_by_modality(rows, {"ct", "pet"})
