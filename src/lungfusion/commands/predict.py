@@ -319,10 +319,7 @@ def predict_radiomics(fold_models: list[Path], npz: Path, *, has_pet: bool, conf
         return {"skipped": "the model reads PET and this patient has none"}
     roi_settings = config["roi"]
     roi = read_roi(npz, ct_window=roi_settings["ct_window"], suv_window=roi_settings["suv_window"])
-    features, status = lesion_features(
-        roi["hu"], roi["suv"], roi["region"], roi["spacing_xyz"],
-        radiomics_settings(config.get("radiomics")),
-    )  # fmt: skip
+    features, status = lesion_features(**roi, settings=radiomics_settings(config.get("radiomics")))
     folds = {}
     for path in fold_models:
         model = joblib.load(path)

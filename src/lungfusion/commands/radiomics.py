@@ -5,8 +5,7 @@ sheet; writes ``{out}`` (a TSV: ``patient_id``, ``status``, ``has_pet``, then th
 :mod:`lungfusion.imaging.radiomics`) and last ``{out}.json`` (counts, settings, timings).
 A patient whose ROI stage failed or was skipped gets ``status: skipped`` and no features; one
 whose ROI shows no lesion near its centre gets ``status: no_lesion`` (``flat_lesion``: one
-voxel thick); the radiomics model imputes
-both and the summary names them. A ROI file that cannot be read gives ``status: failed`` and an
+voxel thick); the radiomics model imputes both and the summary names them. A ROI file that cannot be read gives ``status: failed`` and an
 ``error`` naming the patient and the file; the other patients go on.
 """
 
@@ -87,7 +86,5 @@ def _patient_row(pid: str, *, roi_dir: Path, settings: dict, ct_window, suv_wind
         )
         log.error("%s", failure)
         return {"patient_id": pid, "status": "failed", "has_pet": False, "error": str(failure)}
-    features, status = lesion_features(
-        roi["hu"], roi["suv"], roi["region"], roi["spacing_xyz"], settings
-    )
+    features, status = lesion_features(**roi, settings=settings)
     return {"patient_id": pid, "status": status, "has_pet": roi["suv"] is not None, **features}

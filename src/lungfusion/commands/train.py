@@ -79,11 +79,7 @@ def prepare_fold(
     clinical_columns: list[str] | None = None,
 ) -> FoldData:
     """Records per role, leaving out (and naming) patients without a modality the model reads."""
-    roles = fold_patients(folds, fold)
-    kept, excluded = {}, {}
-    for role, rows in roles.items():
-        kept[role], dropped = split_by_modality(rows, modalities)
-        excluded[role] = sorted(dropped.patient_id.astype(str))
+    kept, excluded = fold_roles_with(folds, fold, modalities)
     clinical = sheet.drop(columns=["label"], errors="ignore")
     tabular, preprocessor = None, None
     if "tab" in modalities:  # imputation and scaling fit on the training patients only
@@ -104,6 +100,27 @@ def prepare_fold(
         tabular_columns=[] if tabular is None else list(tabular.columns),
         tabular_preprocessor=preprocessor,
     )
+
+
+def fold_roles_with(
+    folds: pd.DataFrame, fold: int, modalities: set[str]
+) -> tuple[dict[str, pd.DataFrame], dict[str, list[str]]]:
+    """The fold's patients per role who have every imaging modality in ``modalities``, and the
+    IDs of those left out for lacking one."""
+    kept, excluded = {}, {}
+    for role, rows in fold_patients(folds, fold).items():
+        kept[role], dropped = split_by_modality(rows, modalities)
+        excluded[role] = sorted(dropped.patient_id.astype(str))
+    return kept, excluded
+
+
+def excluded_summary(excluded: dict[str, list[str]]) -> dict:
+    """``summary.json``'s ``excluded_missing_modality``: who was left out of each role."""
+    return {
+        "count": sum(len(v) for v in excluded.values()),
+        "by_role": {k: len(v) for k, v in excluded.items()},
+        "patients": excluded,
+    }
 
 
 def run_hash_payload(name: str, build: dict, settings: TrainSettings, data: FoldData) -> dict:
@@ -214,11 +231,7 @@ def run(args: argparse.Namespace, config: dict) -> int:
         ),  # fmt: skip
         model_meta=meta,
         summary_extra={
-            "excluded_missing_modality": {
-                "count": n_excluded,
-                "by_role": {k: len(v) for k, v in data.excluded.items()},
-                "patients": data.excluded,
-            },
+            "excluded_missing_modality": excluded_summary(data.excluded),
             "modalities": sorted(required_modalities(args.model)),
         },
     )
@@ -273,7 +286,7 @@ def run_clinical(args: argparse.Namespace, config: dict) -> int:
                 "alpha": section.get("alpha", 1.0),
                 "clinical_columns": columns,
             },
-            "excluded_missing_modality": {"count": 0, "by_role": {}, "patients": {}},
+            "excluded_missing_modality": excluded_summary({}),
             "modalities": ["tab"],
         },
     )  # fmt: skip
@@ -297,11 +310,8 @@ def run_radiomics(args: argparse.Namespace, config: dict) -> int:
     features = features.drop(columns=["has_pet"], errors="ignore")  # the folds' flag decides
     table = sheet.merge(features, on="patient_id", how="left", validate="one_to_one")
     table = table.set_index("patient_id", drop=False)
-    roles, excluded = {}, {}
-    for role, rows in fold_patients(read_folds(args.folds), args.fold).items():
-        kept, dropped = split_by_modality(rows, {"ct", "pet"})
-        roles[role] = [str(p) for p in kept.patient_id]
-        excluded[role] = sorted(dropped.patient_id.astype(str))
+    kept, excluded = fold_roles_with(read_folds(args.folds), args.fold, {"ct", "pet"})
+    roles = {role: [str(p) for p in rows.patient_id] for role, rows in kept.items()}
     if not roles["train"] or not roles["val"]:
         raise ValueError(f"fold {args.fold}: need training and validation patients with PET")
     out_dir = _fresh_out_dir(args.out_dir)
@@ -320,11 +330,7 @@ def run_radiomics(args: argparse.Namespace, config: dict) -> int:
             "features": model.columns,
             "model_options": {"C": C, "alpha": alpha},
             "imputed_without_features": sorted(status.index[status != "ok"]),
-            "excluded_missing_modality": {
-                "count": sum(len(v) for v in excluded.values()),
-                "by_role": {k: len(v) for k, v in excluded.items()},
-                "patients": excluded,
-            },
+            "excluded_missing_modality": excluded_summary(excluded),
             "modalities": ["ct", "pet"],
         },
     )  # fmt: skip

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from lungfusion.imaging.lesion import MAX_OFFSET_MM, segment_lesion
+from lungfusion.imaging.roi import unscale
 
 RADIOMICS_DEFAULTS = {
     "ct_features": ["shape", "firstorder", "glcm", "glrlm", "glszm"],
@@ -48,7 +50,8 @@ def radiomics_settings(section: Mapping | None) -> dict:
     return settings
 
 
-def _extractor(classes, bin_width: float):
+@lru_cache(maxsize=8)  # one per modality and setting, reused for every patient
+def _extractor(classes: tuple[str, ...], bin_width: float):
     from radiomics import featureextractor
 
     # pyradiomics sets its logger up on import; its per-feature notes are not the user's concern
@@ -94,18 +97,20 @@ def lesion_features(
         return {}, "flat_lesion"
     mask = _image(lesion.astype(np.uint8), spacing_xyz)
     features = {"lesion_ml": float(lesion.sum() * spacing_zyx.prod() / 1e3)}
-    ct = _extractor(settings["ct_features"], settings["ct_bin_width"])
+    ct = _extractor(tuple(settings["ct_features"]), settings["ct_bin_width"])
     features.update(_features(ct, _image(hu.astype(np.float32), spacing_xyz), mask, "ct"))
     if suv is not None:
-        pet = _extractor(settings["pet_features"], settings["pet_bin_width"])
+        pet = _extractor(tuple(settings["pet_features"]), settings["pet_bin_width"])
         features.update(_features(pet, _image(suv.astype(np.float32), spacing_xyz), mask, "pet"))
     return features, "ok"
 
 
 def read_roi(roi_path: Path, *, ct_window, suv_window) -> dict:
-    """HU, SUV (None without PET), region and spacing of a ROI file, undone from its windows."""
+    """HU, SUV (None without PET), region and spacing of a ROI file, undone from its windows:
+    the keyword arguments of :func:`lesion_features` but ``settings``."""
     with np.load(roi_path) as roi:
-        hu = roi["ct"] * (ct_window[1] - ct_window[0]) + ct_window[0]
-        has_pet = bool(roi["has_pet"])
-        suv = roi["pet"] * (suv_window[1] - suv_window[0]) + suv_window[0] if has_pet else None
-        return {"hu": hu, "suv": suv, "region": roi["lungs"], "spacing_xyz": roi["spacing"]}
+        suv = unscale(roi["pet"], suv_window) if bool(roi["has_pet"]) else None
+        return {
+            "hu": unscale(roi["ct"], ct_window), "suv": suv, "region": roi["lungs"],
+            "spacing_xyz": roi["spacing"],
+        }  # fmt: skip

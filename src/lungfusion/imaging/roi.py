@@ -448,6 +448,13 @@ def _scale(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
+def unscale(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """HU or SUV back from a ROI tensor windowed to [0, 1] (values outside the window stay
+    clipped to its ends)."""
+    low, high = float(window[0]), float(window[1])
+    return values * (high - low) + low
+
+
 def _bbox(mask: np.ndarray) -> tuple[list[int], list[int]]:
     """Inclusive bounding box of a (z, y, x) mask as x, y, z lists."""
     low, high = [], []
