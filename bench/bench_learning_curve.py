@@ -136,7 +136,9 @@ def train_size(folder: Path, config: dict, models: list[str]) -> dict[str, float
     for model in models:
         start = time.perf_counter()
         extra = []
-        if model == "radiomics":  # the lesion features first, as the pipeline's radiomics rule
+        # the lesion features first, as the pipeline's radiomics rule; the ideal ROIs have no
+        # lung labels, so the location features are NaN (imputed and dropped)
+        if model in ("radiomics", "semantic"):
             if not features.is_file():
                 lungfusion(config_path, "radiomics", "--sample-sheet", str(sheet), "--roi-dir",
                            str(rois), "--out", str(features), "--threads", "2")  # fmt: skip

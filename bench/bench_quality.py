@@ -10,7 +10,8 @@ the clinical table. Criterion (issue 4): with at least 300 patients the best CT+
 reaches 0.9 of the image-only oracle AUC.
 
     python bench/bench_quality.py [--n 300] [--preset tiny] [--folds 3] [--epochs 8]
-        [--models ct pet early late multistage mmtm clinical] [--roi-shape 32 32 16]
+        [--models ct pet early late multistage mmtm clinical] [--submodels ct pet clinical]
+        [--roi-shape 32 32 16]
         [--widths 16 32 64] [--ideal-models early] [--cores 2] [--workdir bench/_work/quality]
         [--report-only]
 
@@ -63,6 +64,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--models", nargs="+", default=None)
+    parser.add_argument(
+        "--submodels", nargs="+", default=None,
+        help="the late-fusion integrator's submodels (default: overlay, ct pet clinical)",
+    )  # fmt: skip
     parser.add_argument("--roi-shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"))
     parser.add_argument("--widths", type=int, nargs=3, default=None)
     parser.add_argument(
@@ -91,6 +96,7 @@ def command_line_overlay(args: argparse.Namespace) -> dict:
         ("train", "models", args.models),
         ("roi", "shape", args.roi_shape),
         ("train", "widths", args.widths),
+        ("integrate", "submodels", args.submodels),
     ):
         if value is not None:
             overlay.setdefault(section, {})[key] = value
@@ -262,7 +268,7 @@ def model_reads(model: str, submodels: list[str]) -> set[str]:
     """The modalities a model reads: the registry's for networks, by name for the rest."""
     if model in ("clinical", "clinical_logistic", "clinical_cox"):
         return {"tab"}
-    if model == "radiomics":  # the classical baseline on the lesion's CT and PET features
+    if model in ("radiomics", "semantic"):  # the classical baselines on the lesion's features
         return {"ct", "pet"}
     if model.startswith("late_"):  # the late-fusion integrator of the submodels
         reads: set[str] = set()

@@ -36,9 +36,9 @@ def _save_checkpoint(path: Path, name: str, seed: int, *, tta: bool = False) -> 
     )  # fmt: skip
 
 
-def _save_radiomics_model(path: Path, seed: int) -> None:
-    """A radiomics fold model as `lungfusion train --model radiomics` saves it: SQC lesions
-    larger and hotter."""
+def _save_radiomics_model(path: Path, seed: int, model: str = "radiomics") -> None:
+    """A radiomics (or semantic) fold model as `lungfusion train --model radiomics` saves it:
+    SQC lesions larger and hotter."""
     import joblib
     import numpy as np
     import pandas as pd
@@ -52,8 +52,13 @@ def _save_radiomics_model(path: Path, seed: int) -> None:
         "lesion_ml": rng.normal(np.where(sqc, 3.0, 1.0), 0.5),
         "pet_firstorder_Maximum": rng.normal(np.where(sqc, 9.0, 5.0), 1.0),
     })  # fmt: skip
+    if model == "semantic":
+        from lungfusion.training.radiomics import SEMANTIC_FEATURES
+
+        table = table.assign(**{c: rng.normal(size=60) for c in SEMANTIC_FEATURES})
+        table["sem_log_volume_ml"] = np.log(table.lesion_ml.clip(lower=0.1))
     model = fit_radiomics_model(table, fit_ids=table.patient_id, task="classification",
-                                classes=CLASSES, C=1.0)  # fmt: skip
+                                classes=CLASSES, C=1.0, model=model)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, path)
 
@@ -73,7 +78,9 @@ def synthetic(tmp_path_factory) -> dict:
         for fold in (0, 1):
             _save_checkpoint(models_dir / name / f"fold{fold}" / "model.pt", name, seed=fold)
     for fold in (0, 1):
-        _save_radiomics_model(models_dir / "radiomics" / f"fold{fold}" / "model.joblib", seed=fold)
+        for name in ("radiomics", "semantic"):
+            path = models_dir / name / f"fold{fold}" / "model.joblib"
+            _save_radiomics_model(path, seed=fold, model=name)
     return {"root": root, "models_dir": models_dir, **cohorts}
 
 
@@ -115,11 +122,12 @@ def test_predict_synthetic_patient_averages_folds(synthetic, tmp_path, capsys):
         folds = [result["folds"][f"fold{k}"]["probabilities"]["SQC"] for k in (0, 1)]
         assert probs["SQC"] == pytest.approx(sum(folds) / 2, abs=1e-6)
         assert folds[0] != folds[1]  # two different fold models really were run
-    radiomics = record["models"]["radiomics"]
-    assert radiomics["n_folds"] == 2 and "warning" not in radiomics  # the lesion was found
-    folds = [radiomics["folds"][f"fold{k}"]["probabilities"]["SQC"] for k in (0, 1)]
-    assert radiomics["probabilities"]["SQC"] == pytest.approx(sum(folds) / 2)
-    assert sum(radiomics["probabilities"].values()) == pytest.approx(1.0)
+    for name in ("radiomics", "semantic"):
+        result = record["models"][name]
+        assert result["n_folds"] == 2 and "warning" not in result  # the lesion was found
+        folds = [result["folds"][f"fold{k}"]["probabilities"]["SQC"] for k in (0, 1)]
+        assert result["probabilities"]["SQC"] == pytest.approx(sum(folds) / 2)
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0)
     printed = capsys.readouterr().out
     assert "ct" in printed and "P(SQC)=" in printed and "2 folds" in printed
 
@@ -135,6 +143,7 @@ def test_predict_without_pet_skips_pet_models(synthetic, tmp_path):
     assert "probabilities" in record["models"]["ct"]
     assert "PET" in record["models"]["early"]["skipped"]
     assert "PET" in record["models"]["radiomics"]["skipped"]
+    assert "PET" in record["models"]["semantic"]["skipped"]
 
 
 def test_predict_scores_a_tta_checkpoint_as_it_was_selected(tmp_path):

@@ -10,10 +10,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 from sklearn.metrics import roc_auc_score
 
 from lungfusion.cli import main
 from lungfusion.imaging.lesion import segment_lesion
+from lungfusion.imaging.lesion_context import (
+    ctpet_offsets,
+    lesion_centre_physical,
+    lung_location,
+    semantic_descriptors,
+)
 from lungfusion.imaging.radiomics import lesion_features, radiomics_settings
 
 SPACING_XYZ = np.array([0.977, 0.977, 3.27])
@@ -95,6 +102,94 @@ def test_features_without_pet_or_without_a_lesion():
 def test_unknown_feature_classes_are_refused():
     with pytest.raises(ValueError, match="texture"):
         radiomics_settings({"ct_features": ["texture"]})
+    with pytest.raises(ValueError, match="context"):
+        radiomics_settings({"context": ["hilum"]})
+
+
+def _hot_and_dense_lesion(*, concordant: bool, direction=(0.0, 0.6, 0.8)):
+    """A 9 mm solid lesion whose dense part (+60 HU) sits 0.45 radii along ``direction`` and
+    whose PET hot spot sits on the same side (``concordant``) or the opposite one."""
+    radius, centre = 9.0, np.array((7.5, 15.5, 15.5))
+    hu, _, region, lesion = lung_roi(radius_mm=radius, centre_zyx=centre)
+    unit = np.asarray(direction) / np.linalg.norm(direction)
+    spacing_zyx = SPACING_XYZ[::-1]
+    dense_at = centre + 0.45 * radius * unit / spacing_zyx
+    hu = np.where(lesion & (_distance_mm(dense_at) <= 0.35 * radius), hu + 60.0, hu)
+    hot_at = centre + (1 if concordant else -1) * 0.45 * radius * unit / spacing_zyx
+    suv = np.where(lesion, 2.0 + 8.0 * np.exp(-(_distance_mm(hot_at) ** 2) / (2 * 2.7**2)), 0.5)
+    return hu, suv, region, lesion
+
+
+@pytest.mark.parametrize("concordant", [True, False])
+def test_the_pet_hot_spot_is_found_on_the_dense_side_or_opposite(concordant):
+    hu, suv, _, lesion = _hot_and_dense_lesion(concordant=concordant)
+    features = ctpet_offsets(hu, suv, lesion, SPACING_XYZ[::-1])
+    if concordant:
+        assert features["ctpet_offset_cosine"] > 0.8
+        assert features["ctpet_dense_hot_distance"] < 0.3
+    else:
+        assert features["ctpet_offset_cosine"] < -0.8
+        assert features["ctpet_dense_hot_distance"] > 0.6
+    assert features["pet_hot_offset"] == pytest.approx(0.45, abs=0.15)  # in lesion radii
+    assert features["ct_dense_offset"] == pytest.approx(0.45, abs=0.15)
+
+
+def test_semantic_descriptors_of_a_part_solid_cavitating_necrotic_lesion():
+    hu, _, _, lesion = lung_roi(radius_mm=9.0)
+    distance = _distance_mm((7.5, 15.5, 15.5))
+    hu = np.where(lesion & (distance > 7.0), -520.0, hu)  # a ground-glass rim
+    solid_share = (lesion & (distance <= 7.0)).sum() / lesion.sum()
+    hu = np.where(distance <= 3.0, -960.0, hu)  # an air cavity
+    cavity_share = (distance <= 3.0).sum() / lesion.sum()
+    suv = np.where(lesion, 8.0, 0.5)
+    suv = np.where(distance <= 4.0, 0.6, suv)  # a photopenic core
+    features = semantic_descriptors(hu, suv, lesion, SPACING_XYZ[::-1])
+    assert features["sem_log_volume_ml"] == pytest.approx(
+        math.log(lesion.sum() * SPACING_XYZ.prod() / 1e3)
+    )
+    assert features["sem_solid_fraction"] == pytest.approx(solid_share, abs=0.08)
+    assert features["sem_cavity_fraction"] == pytest.approx(cavity_share, abs=0.02)
+    assert features["sem_log_suvmax"] == pytest.approx(math.log(8.0))
+    assert features["sem_pet_core_ratio"] < 0.3
+    uniform = semantic_descriptors(hu, np.where(lesion, 8.0, 0.5), lesion, SPACING_XYZ[::-1])
+    assert uniform["sem_pet_core_ratio"] == pytest.approx(1.0)
+    assert not any(
+        "suv" in k or "pet" in k for k in semantic_descriptors(hu, None, lesion, SPACING_XYZ[::-1])
+    )
+
+
+def _two_lungs(origin=(-100.0, -50.0, 0.0)) -> sitk.Image:
+    """Lung labels on a 2 mm grid: right lung x in [-90, -10) mm, left lung [10, 90) mm."""
+    labels = np.zeros((20, 50, 100), np.uint8)  # z, y, x
+    x = origin[0] + 2.0 * np.arange(100)
+    labels[:, 5:45, (x >= -90) & (x < -10)] = 1
+    labels[:, 5:45, (x >= 10) & (x < 90)] = 2
+    image = sitk.GetImageFromArray(labels)
+    image.SetOrigin(origin)
+    image.SetSpacing((2.0, 2.0, 3.0))
+    return image
+
+
+@pytest.mark.parametrize(
+    ("x_mm", "fraction", "inner_third"),
+    [(-15.0, 0.06, 1.0), (-50.0, 0.5, 0.0), (-85.0, 0.94, 0.0), (70.0, 0.75, 0.0)],
+)
+def test_the_lesion_location_runs_from_the_mediastinum_to_the_chest_wall(
+    x_mm, fraction, inner_third
+):
+    location = lung_location(_two_lungs(), (x_mm, 0.0, 30.0))
+    assert location["loc_lateral_fraction"] == pytest.approx(fraction, abs=0.04)
+    assert location["loc_inner_third"] == inner_third
+
+
+def test_the_lesion_location_comes_from_the_roi_grid_and_is_nan_off_the_lungs():
+    lesion = np.zeros(SHAPE, bool)
+    lesion[8, 10, 20] = True  # z, y, x
+    direction = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
+    centre = lesion_centre_physical(lesion, (-80.0, 0.0, 10.0), SPACING_XYZ, direction)
+    assert centre == pytest.approx((-80.0 + 20 * 0.977, 10 * 0.977, 10.0 + 8 * 3.27))
+    below = lung_location(_two_lungs(), (-50.0, 0.0, -40.0))
+    assert math.isnan(below["loc_lateral_fraction"]) and math.isnan(below["loc_inner_third"])
 
 
 # --- the stage and the model through the command line ------------------------------------------
@@ -114,9 +209,10 @@ def _write_roi(roi_dir: Path, pid: str, hu, suv) -> None:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> dict:
     """40 patients whose SQC lesions are larger and hotter; P001 has no PET, P002's ROI file
-    is corrupt, P003's ROI stage failed, P004's ROI shows no lesion."""
+    is corrupt, P003's ROI stage failed, P004's ROI shows no lesion, P005's lung labels are
+    corrupt and P006 has none."""
     root = tmp_path_factory.mktemp("radiomics")
-    roi_dir = root / "roi"
+    roi_dir, segment_dir = root / "roi", root / "segment"
     roi_dir.mkdir()
     rng = np.random.default_rng(1)
     rows = []
@@ -129,12 +225,17 @@ def cohort(tmp_path_factory) -> dict:
         if i == 4:
             hu = np.full(SHAPE, -850.0)
         _write_roi(roi_dir, pid, hu, None if i == 1 else suv)
+        if i != 6:
+            (segment_dir / pid).mkdir(parents=True)
+            sitk.WriteImage(_two_lungs(), str(segment_dir / pid / "lungs.nii.gz"))
+    (segment_dir / "P005" / "lungs.nii.gz").write_bytes(b"not a nifti")
     (roi_dir / "P002.npz").write_bytes(b"not an npz")
     (roi_dir / "P003.json").write_text(json.dumps({"status": "failed"}))
     sheet = root / "clinical.tsv"
     pd.DataFrame(rows).to_csv(sheet, sep="\t", index=False)
     out = root / "radiomics" / "features.tsv"
     argv = ["radiomics", "--sample-sheet", str(sheet), "--roi-dir", str(roi_dir)]
+    argv += ["--segment-dir", str(segment_dir)]
     assert main([*argv, "--out", str(out), "--threads", "2"]) == 0
     return {"root": root, "sheet": sheet, "roi_dir": roi_dir, "features": out}
 
@@ -143,15 +244,22 @@ def test_the_stage_writes_a_row_per_patient_and_names_those_without_features(coh
     table = pd.read_csv(cohort["features"], sep="\t", dtype={"patient_id": str})
     assert len(table) == 40
     status = table.set_index("patient_id").status
-    assert status[["P002", "P003", "P004"]].to_list() == ["failed", "skipped", "no_lesion"]
-    assert (status.drop(["P002", "P003", "P004"]) == "ok").all()
-    error = table.set_index("patient_id").error["P002"]
-    assert "P002" in error and "P002.npz" in error
-    assert table.set_index("patient_id").has_pet["P001"] == False  # noqa: E712
-    assert pd.isna(table.set_index("patient_id").loc["P001", "pet_firstorder_Mean"])
+    failed = ["P002", "P003", "P004", "P005"]
+    assert status[failed].to_list() == ["failed", "skipped", "no_lesion", "failed"]
+    assert (status.drop(failed) == "ok").all()
+    rows = table.set_index("patient_id")
+    assert "P002" in rows.error["P002"] and "P002.npz" in rows.error["P002"]
+    assert "P005" in rows.error["P005"] and "lungs.nii.gz" in rows.error["P005"]
+    assert rows.has_pet["P001"] == False  # noqa: E712
+    assert pd.isna(rows.loc["P001", "pet_firstorder_Mean"])
+    assert pd.isna(rows.loc["P001", "ctpet_offset_cosine"])  # no PET
+    # the ROIs sit at x = 0-31 mm: the left lung's inner quarter
+    assert rows.loc["P007", "loc_lateral_fraction"] == pytest.approx(0.1, abs=0.1)
+    assert pd.isna(rows.loc["P006", "loc_lateral_fraction"])  # no lung labels: imputed
+    assert -1.0 <= rows.loc["P000", "ctpet_offset_cosine"] <= 1.0
     summary = json.loads(cohort["features"].with_suffix(".json").read_text())
-    assert summary["counts"] == {"ok": 37, "failed": 1, "skipped": 1, "no_lesion": 1}
-    assert summary["patients_without_features"]["failed"] == ["P002"]
+    assert summary["counts"] == {"ok": 36, "failed": 2, "skipped": 1, "no_lesion": 1}
+    assert summary["patients_without_features"]["failed"] == ["P002", "P005"]
 
 
 def test_the_model_learns_the_lesion_size_and_uptake_on_every_fold(cohort, tmp_path):
@@ -172,7 +280,7 @@ def test_the_model_learns_the_lesion_size_and_uptake_on_every_fold(cohort, tmp_p
         assert summary["status"] == "ok" and summary["modalities"] == ["ct", "pet"]
         assert summary["excluded_missing_modality"]["count"] == 1  # P001 in each fold
         assert "P001" not in pd.read_csv(out / "predictions.tsv", sep="\t").patient_id.to_list()
-        assert {"P002", "P003", "P004"} >= set(summary["imputed_without_features"])
+        assert {"P002", "P003", "P004", "P005"} >= set(summary["imputed_without_features"])
         assert len(summary["features"]) > 100
         predictions = pd.read_csv(out / "predictions.tsv", sep="\t")
         assert list(predictions.columns) == ["patient_id", "fold", "label", "prob_ADC", "prob_SQC"]
@@ -181,8 +289,35 @@ def test_the_model_learns_the_lesion_size_and_uptake_on_every_fold(cohort, tmp_p
         assert (out / "val_predictions.tsv").is_file() and (out / "history.tsv").is_file()
         scored.append(predictions)
     pooled = pd.concat(scored)
-    ok = pooled[~pooled.patient_id.isin(["P002", "P003", "P004"])]
+    ok = pooled[~pooled.patient_id.isin(["P002", "P003", "P004", "P005"])]
     assert roc_auc_score(ok.label == "SQC", ok.prob_SQC) > 0.9
+
+
+def test_the_semantic_model_fits_the_seven_descriptors(cohort, tmp_path):
+    folds = tmp_path / "folds.tsv"
+    io = ["--sample-sheet", str(cohort["sheet"]), "--roi-dir", str(cohort["roi_dir"])]
+    assert main(["splits", *io, "--out", str(folds)]) == 0
+    out = tmp_path / "semantic"
+    argv = ["train", "--model", "semantic", "--fold", "0", "--folds", str(folds), *io]
+    assert (
+        main([*argv, "--radiomics-features", str(cohort["features"]), "--out-dir", str(out)]) == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "semantic" and summary["model_options"]["C"] == 0.1
+    assert summary["features"][:2] == ["sem_log_volume_ml", "sem_solid_fraction"]
+    assert len(summary["features"]) == 7
+    predictions = pd.read_csv(out / "predictions.tsv", sep="\t")
+    ok = predictions[~predictions.patient_id.isin(["P002", "P003", "P004", "P005"])]
+    assert roc_auc_score(ok.label == "SQC", ok.prob_SQC) > 0.9  # larger and hotter SQC lesions
+
+
+def test_the_semantic_model_names_the_missing_descriptors(cohort, tmp_path):
+    from lungfusion.training.radiomics import fit_radiomics_model
+
+    table = pd.read_csv(cohort["features"], sep="\t").drop(columns=["loc_lateral_fraction"])
+    with pytest.raises(ValueError, match="loc_lateral_fraction.*radiomics.context"):
+        fit_radiomics_model(table, fit_ids=table.patient_id, task="classification",
+                            classes=["ADC", "SQC"], model="semantic")  # fmt: skip
 
 
 def test_the_model_needs_the_features_table(cohort, tmp_path):
@@ -201,7 +336,6 @@ def test_lung1_lesion_mask_covers_the_clinicians_gtv(fixtures_dir):
     """The default ROI box (64 x 64 x 32) on the GTV's centre of the NSCLC-Radiomics CT: the
     mask holds nearly all of the GTV in the box; at the hilum it also takes some of the vessels
     and mediastinal fat the tumour touches, hence a Dice below the coverage."""
-    import SimpleITK as sitk
     from scipy import ndimage as ndi
 
     from lungfusion.imaging.rtstruct import rtstruct_to_mask

@@ -100,8 +100,12 @@ def test_the_radiomics_model_reads_the_lesion_features(tiny_run):
         predictions = pd.read_csv(fold_dir / "predictions.tsv", sep="\t", dtype={"patient_id": str})
         expected = folds[(folds.fold == fold) & (folds.role == "test") & folds.has_pet]
         assert set(predictions.patient_id) == set(expected.patient_id)
+    assert ok[ok.has_pet].ctpet_offset_cosine.between(-1, 1).all()
+    assert ok.loc_lateral_fraction.between(0, 1).all() and ok.sem_solid_fraction.notna().all()
+    summary = json.loads((tiny_run / "train/semantic/fold0/summary.json").read_text())
+    assert summary["status"] == "ok" and len(summary["features"]) == 7
     metrics = pd.read_csv(tiny_run / "metrics/all.tsv", sep="\t")
-    assert "radiomics" in set(metrics.model)
+    assert {"radiomics", "semantic"} <= set(metrics.model)
 
 
 def test_late_fusion_integrates_the_image_submodels(tiny_run):

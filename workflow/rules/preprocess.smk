@@ -109,6 +109,7 @@ rule radiomics:
     input:
         sheet=SAMPLE_SHEET,
         rois=per_patient("{results}/roi/{pid}.json"),
+        segments=per_patient("{results}/segment/{pid}/segment.json"),
     output:
         features=f"{RESULTS}/radiomics/features.tsv",
     log:
@@ -124,7 +125,9 @@ rule radiomics:
     params:
         cfg=sections("cohort", "roi", "radiomics"),
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
+        segment_dir=lambda wc, input: Path(input.segments[0]).parents[1],
     shell:
         "python -m lungfusion --params {params.cfg:q} radiomics --sample-sheet {input.sheet:q}"
-        " --roi-dir {params.roi_dir:q} --out {output.features:q} --threads {threads}"
+        " --roi-dir {params.roi_dir:q} --segment-dir {params.segment_dir:q}"
+        " --out {output.features:q} --threads {threads}"
         " > {log:q} 2>&1"

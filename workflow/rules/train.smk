@@ -27,7 +27,7 @@ rule splits:
 
 
 # results/train/sfsa/fold{k}/ is written by the search, not by plain training, and
-# results/train/radiomics/fold{k}/ from the radiomics features, not from the ROI tensors.
+# results/train/{radiomics,semantic}/fold{k}/ from the lesion features, not from the ROI tensors.
 ruleorder: sfsa > train
 ruleorder: train_radiomics > train
 
@@ -97,11 +97,13 @@ rule train_radiomics:
         sheet=SAMPLE_SHEET,
         features=f"{RESULTS}/radiomics/features.tsv",
     output:
-        done=f"{RESULTS}/train/radiomics/fold{{fold}}/summary.json",
+        done=f"{RESULTS}/train/{{model}}/fold{{fold}}/summary.json",
     log:
-        f"{RESULTS}/logs/train/radiomics/fold{{fold}}.log",
+        f"{RESULTS}/logs/train/{{model}}/fold{{fold}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/radiomics/fold{{fold}}.tsv"
+        f"{RESULTS}/benchmarks/train/{{model}}/fold{{fold}}.tsv"
+    wildcard_constraints:
+        model="radiomics|semantic",
     conda:
         "../../envs/train.yaml"
     threads: 1
@@ -113,6 +115,7 @@ rule train_radiomics:
         roi_dir=f"{RESULTS}/roi",
         out_dir=lambda wc, output: Path(output.done).parent,
     shell:
-        "python -m lungfusion --params {params.cfg:q} train --model radiomics --fold {wildcards.fold}"
+        "python -m lungfusion --params {params.cfg:q} train --model {wildcards.model}"
+        " --fold {wildcards.fold}"
         " --folds {input.folds:q} --roi-dir {params.roi_dir:q} --sample-sheet {input.sheet:q}"
         " --radiomics-features {input.features:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -8,8 +8,9 @@ model.pt``): the mean softmax probability per class, each fold's calibrated on i
 patients as in training (``calibration.json`` beside ``model.pt``), or the mean risk for
 survival (risk scales differ between folds, so compare a survival risk with its own model's
 training risks only).
-The radiomics model (``{model}/fold{k}/model.joblib``) scores the lesion features of the same
-ROI, computed with the config's ``radiomics`` settings, with the fold models' mean probability.
+The radiomics and semantic models (``{model}/fold{k}/model.joblib``) score the lesion features
+of the same ROI (and the segment stage's lung labels), computed with the config's
+``radiomics`` settings, with the fold models' mean probability.
 Models that read a modality the patient lacks (PET) are skipped with the reason. Models that
 read clinical values need ``--clinical key=value`` plus the sample sheet and folds used in
 training, because their clinical features are standardised with each fold's training patients.
@@ -131,6 +132,7 @@ def prepare_roi(dicom_dir: Path, work_dir: Path, config: dict, patient: str) -> 
     registration = registered.get("registration") or {}
     return {
         "npz": npz,
+        "lungs": dirs["segment"] / "lungs.nii.gz",
         "has_pet": bool(ingested["has_pet"]),
         "registration_kept": registration.get("kept"),
         "lung_volume_ml": segmented["volumes_ml"].get("total_ml"),
@@ -309,16 +311,24 @@ def _tab_context(args, config: dict, clinical: dict, patient: str):
     return vector
 
 
-def predict_radiomics(fold_models: list[Path], npz: Path, *, has_pet: bool, config: dict) -> dict:
-    """The radiomics model's fold predictions of the patient's ROI and their mean."""
+def predict_radiomics(
+    fold_models: list[Path], npz: Path, *, lungs: Path, has_pet: bool, config: dict
+) -> dict:
+    """The radiomics or semantic model's fold predictions of the patient's ROI and their mean."""
     import joblib
 
-    from lungfusion.imaging.radiomics import lesion_features, radiomics_settings, read_roi
+    from lungfusion.imaging.radiomics import (
+        lesion_features,
+        radiomics_settings,
+        read_lungs,
+        read_roi,
+    )
 
     if not has_pet:
         return {"skipped": "the model reads PET and this patient has none"}
     roi_settings = config["roi"]
     roi = read_roi(npz, ct_window=roi_settings["ct_window"], suv_window=roi_settings["suv_window"])
+    roi["lungs"] = read_lungs(lungs)
     features, status = lesion_features(**roi, settings=radiomics_settings(config.get("radiomics")))
     folds = {}
     for path in fold_models:
@@ -338,7 +348,7 @@ def run(args: argparse.Namespace, config: dict) -> int:
     clinical = parse_clinical(args.clinical)
     checkpoints = find_checkpoints(args.models_dir, args.models)
     tables = find_checkpoints(args.models_dir, args.models, file_name="model.joblib")
-    tables = {name: paths for name, paths in tables.items() if name == "radiomics"}
+    tables = {name: paths for name, paths in tables.items() if name in ("radiomics", "semantic")}
     if not checkpoints and not tables:
         raise SystemExit(f"no trained models (*/fold*/model.pt) under {args.models_dir}")
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="lungfusion-predict-"))
@@ -362,13 +372,14 @@ def run(args: argparse.Namespace, config: dict) -> int:
         }
         for name, paths in tables.items():
             models[name] = predict_radiomics(
-                paths, imaging["npz"], has_pet=imaging["has_pet"], config=config
-            )
+                paths, imaging["npz"], lungs=imaging["lungs"], has_pet=imaging["has_pet"],
+                config=config,
+            )  # fmt: skip
         record = {
             "patient_id": args.patient_id,
             "task": config["task"],
             "averaging": AVERAGING,
-            "imaging": {k: v for k, v in imaging.items() if k != "npz"},
+            "imaging": {k: v for k, v in imaging.items() if k not in ("npz", "lungs")},
             "models": models,
         }
         if args.work_dir is not None:

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--radiomics-features", type=Path, default=None,
-        help="features.tsv of `lungfusion radiomics` (model radiomics only)",
+        help="features.tsv of `lungfusion radiomics` (models radiomics and semantic only)",
     )  # fmt: skip
 
 
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace, config: dict) -> int:
 
     if args.model == "clinical":
         return run_clinical(args, config)
-    if args.model == "radiomics":
+    if args.model in ("radiomics", "semantic"):
         return run_radiomics(args, config)
     settings = settings_from_config(
         config, progress=not args.no_progress, **loss_overrides(config, args.model)
@@ -294,16 +294,17 @@ def run_clinical(args: argparse.Namespace, config: dict) -> int:
 
 
 def run_radiomics(args: argparse.Namespace, config: dict) -> int:
-    """Penalised logistic regression (or ridge Cox) on the lesion's CT and PET radiomics
-    features, written like the clinical model's runs. Patients without a PET are left out and
-    counted, as for the CT+PET networks; those whose ROI showed no lesion are imputed."""
-    from lungfusion.training.radiomics import fit_radiomics_model
+    """Penalised logistic regression (or ridge Cox) on the lesion's CT and PET features (all of
+    them for ``radiomics``, the descriptors for ``semantic``), written like the clinical model's
+    runs. Patients without a PET are left out and counted, as for the CT+PET networks; those
+    whose ROI showed no lesion are imputed."""
+    from lungfusion.training.radiomics import MODEL_DEFAULTS, fit_radiomics_model
 
     started = time.perf_counter()
     settings = settings_from_config(config, progress=False)
-    section = model_section(config, "radiomics")
+    section = {**MODEL_DEFAULTS[args.model], **model_section(config, args.model)}
     if args.radiomics_features is None:
-        raise ValueError("model radiomics needs --radiomics-features (lungfusion radiomics)")
+        raise ValueError(f"model {args.model} needs --radiomics-features (lungfusion radiomics)")
     features = pd.read_csv(args.radiomics_features, sep="\t", dtype={"patient_id": str})
     sheet = read_sheet(args.sample_sheet, config["cohort"])
     sheet["patient_id"] = sheet.patient_id.astype(str)
@@ -315,17 +316,17 @@ def run_radiomics(args: argparse.Namespace, config: dict) -> int:
     if not roles["train"] or not roles["val"]:
         raise ValueError(f"fold {args.fold}: need training and validation patients with PET")
     out_dir = _fresh_out_dir(args.out_dir)
-    C, alpha = float(section.get("C", 0.01)), float(section.get("alpha", 10.0))
+    C, alpha = float(section["C"]), float(section["alpha"])
     model = fit_radiomics_model(
         table, fit_ids=roles["train"], task=settings.task, classes=list(settings.classes),
-        C=C, alpha=alpha,
+        C=C, alpha=alpha, model=args.model,
     )  # fmt: skip
     used = sorted({p for ids in roles.values() for p in ids})
     status = table.loc[used, "status"].fillna("missing")
     _write_table_model_run(
         out_dir, model, table, roles, fold=args.fold, settings=settings, started=started,
         summary={
-            "model": "radiomics",
+            "model": args.model,
             "estimator": type(model.pipeline[-1]).__name__,
             "features": model.columns,
             "model_options": {"C": C, "alpha": alpha},

@@ -263,7 +263,7 @@ def integrate_fold(
 
 # ---------------------------------------------------------------- reading the submodels' files
 
-MODALITY_FLAGS = {"ct": "has_ct", "pet": "has_pet", "radiomics": "has_pet"}
+MODALITY_FLAGS = {"ct": "has_ct", "pet": "has_pet", "radiomics": "has_pet", "semantic": "has_pet"}
 
 
 def _as_bool(values: pd.Series) -> pd.Series:

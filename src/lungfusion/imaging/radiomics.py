@@ -5,7 +5,10 @@ on one grid; the lesion is :func:`lungfusion.imaging.lesion.segment_lesion`. pyr
 computes, on the original images, the configured feature classes with a fixed bin width per
 modality (HU and SUV are absolute scales, so a fixed width keeps bins comparable across
 patients, as IBSI recommends for CT and PET). The names are ``ct_<class>_<feature>`` and
-``pet_<class>_<feature>``, and ``lesion_ml``.
+``pet_<class>_<feature>``, and ``lesion_ml``. The ``context`` features that pyradiomics has no
+class for are :mod:`lungfusion.imaging.lesion_context`'s: ``location`` (central or peripheral,
+from the segment stage's lung labels), ``ctpet`` (the PET hot spot's side against the CT's
+dense part) and ``semantic`` (size, solid proportion, cavity, SUVmax, necrotic core).
 
 >>> settings = radiomics_settings({})
 >>> settings["ct_bin_width"], settings["pet_bin_width"]
@@ -23,6 +26,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from lungfusion.imaging.lesion import MAX_OFFSET_MM, segment_lesion
+from lungfusion.imaging.lesion_context import (
+    ctpet_offsets,
+    lesion_centre_physical,
+    lung_location,
+    semantic_descriptors,
+)
 from lungfusion.imaging.roi import unscale
 
 RADIOMICS_DEFAULTS = {
@@ -30,10 +39,12 @@ RADIOMICS_DEFAULTS = {
     "pet_features": ["firstorder", "glcm", "glszm"],
     "ct_bin_width": 25.0,  # HU
     "pet_bin_width": 0.5,  # SUV
+    "context": ["location", "ctpet", "semantic"],
     "min_lesion_voxels": 8,  # below this, texture matrices are empty
     "max_offset_mm": MAX_OFFSET_MM,
 }
 FEATURE_CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+CONTEXT_FEATURES = ("location", "ctpet", "semantic")
 
 
 def radiomics_settings(section: Mapping | None) -> dict:
@@ -45,6 +56,11 @@ def radiomics_settings(section: Mapping | None) -> dict:
                 f"radiomics.{key}: unknown feature classes {sorted(unknown)}; "
                 f"choose from {list(FEATURE_CLASSES)}"
             )
+    unknown = set(settings["context"]) - set(CONTEXT_FEATURES)
+    if unknown:
+        raise ValueError(
+            f"radiomics.context: unknown {sorted(unknown)}; choose from {list(CONTEXT_FEATURES)}"
+        )
     settings["ct_bin_width"] = float(settings["ct_bin_width"])
     settings["pet_bin_width"] = float(settings["pet_bin_width"])
     return settings
@@ -86,9 +102,13 @@ def lesion_features(
     region: np.ndarray,
     spacing_xyz,
     settings: Mapping,
+    origin_xyz=None,
+    lungs: sitk.Image | None = None,
 ) -> tuple[dict[str, float], str]:
     """(features, status) of one ROI: status ``ok``, or ``no_lesion`` (none near the centre, or
-    under ``min_lesion_voxels``) or ``flat_lesion`` (one voxel thick along an axis), featureless."""
+    under ``min_lesion_voxels``) or ``flat_lesion`` (one voxel thick along an axis), featureless.
+    The ``location`` features need the ROI's ``origin_xyz`` and the patient's ``lungs`` labels
+    (on the registered CT's grid, whose direction the ROI shares); without them they are NaN."""
     spacing_zyx = np.asarray(spacing_xyz, dtype=float)[::-1]
     lesion = segment_lesion(hu, region, spacing_zyx, max_offset_mm=settings["max_offset_mm"])
     if lesion.sum() < settings["min_lesion_voxels"]:
@@ -102,15 +122,36 @@ def lesion_features(
     if suv is not None:
         pet = _extractor(tuple(settings["pet_features"]), settings["pet_bin_width"])
         features.update(_features(pet, _image(suv.astype(np.float32), spacing_xyz), mask, "pet"))
+    if "ctpet" in settings["context"] and suv is not None:
+        features.update(ctpet_offsets(hu, suv, lesion, spacing_zyx))
+    if "location" in settings["context"]:
+        features.update(_location(lesion, origin_xyz, spacing_xyz, lungs))
+    if "semantic" in settings["context"]:
+        features.update(semantic_descriptors(hu, suv, lesion, spacing_zyx))
     return features, "ok"
 
 
+def _location(lesion, origin_xyz, spacing_xyz, lungs) -> dict[str, float]:
+    if lungs is None or origin_xyz is None:
+        return {"loc_lateral_fraction": float("nan"), "loc_inner_third": float("nan")}
+    centre = lesion_centre_physical(lesion, origin_xyz, spacing_xyz, lungs.GetDirection())
+    return lung_location(lungs, centre)
+
+
 def read_roi(roi_path: Path, *, ct_window, suv_window) -> dict:
-    """HU, SUV (None without PET), region and spacing of a ROI file, undone from its windows:
-    the keyword arguments of :func:`lesion_features` but ``settings``."""
+    """HU, SUV (None without PET), region, spacing and origin of a ROI file, undone from its
+    windows: with ``lungs`` (:func:`read_lungs`), the keyword arguments of
+    :func:`lesion_features` but ``settings``."""
     with np.load(roi_path) as roi:
         suv = unscale(roi["pet"], suv_window) if bool(roi["has_pet"]) else None
         return {
             "hu": unscale(roi["ct"], ct_window), "suv": suv, "region": roi["lungs"],
-            "spacing_xyz": roi["spacing"],
+            "spacing_xyz": roi["spacing"], "origin_xyz": roi["origin"],
         }  # fmt: skip
+
+
+def read_lungs(path: Path | None) -> sitk.Image | None:
+    """The segment stage's lung labels, or None where there is no such file."""
+    if path is None or not Path(path).is_file():
+        return None
+    return sitk.ReadImage(str(path), sitk.sitkUInt8)

@@ -1,8 +1,9 @@
-"""The radiomics model: penalised logistic regression (or ridge Cox) on the lesion features.
+"""The lesion-feature models: penalised logistic regression (or ridge Cox) on the lesion features.
 
-A classical CT+PET baseline beside the networks: feature-level fusion of the IBSI features of
-the lesion in both modalities (``results/radiomics/features.tsv``, written by
-``lungfusion radiomics``). Imputation (a patient whose ROI showed no lesion), the removal of
+Classical CT+PET baselines beside the networks, on ``results/radiomics/features.tsv`` (written
+by ``lungfusion radiomics``): ``radiomics``, feature-level fusion of every IBSI and context
+feature of the lesion in both modalities, and ``semantic``, the seven descriptors a
+radiologist reads (:data:`SEMANTIC_FEATURES`), lightly penalised. Imputation (a patient whose ROI showed no lesion), the removal of
 constant features and scaling are fit on the fold's training patients only; the strong L2
 penalty (``C``) keeps ~150 correlated features usable on a few hundred patients.
 
@@ -34,11 +35,33 @@ from sksurv.util import Surv
 
 from lungfusion.evaluation.clinical import estimator_scores
 
-FEATURE_PREFIXES = ("ct_", "pet_", "lesion_")
+FEATURE_PREFIXES = ("ct_", "pet_", "lesion_", "ctpet_", "loc_", "sem_")
+# the semantic model: what a radiologist reads off the PET-CT, each on a scale a linear model
+# can use (the radiomics stage's ``semantic``, ``ctpet`` and ``location`` context features)
+SEMANTIC_FEATURES = (
+    "sem_log_volume_ml",
+    "sem_solid_fraction",
+    "sem_cavity_fraction",
+    "sem_log_suvmax",
+    "sem_pet_core_ratio",
+    "ctpet_offset_cosine",
+    "loc_lateral_fraction",
+)
+LESION_FEATURE_MODELS = ("radiomics", "semantic")
+MODEL_DEFAULTS = {"radiomics": {"C": 0.01, "alpha": 10.0}, "semantic": {"C": 0.1, "alpha": 1.0}}
 
 
-def feature_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c.startswith(FEATURE_PREFIXES)]
+def feature_columns(table: pd.DataFrame, model: str = "radiomics") -> list[str]:
+    """The model's columns of the features table: all of them for ``radiomics``."""
+    if model == "radiomics":
+        return [c for c in table.columns if c.startswith(FEATURE_PREFIXES)]
+    missing = [c for c in SEMANTIC_FEATURES if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"the semantic model needs {missing} in the radiomics table: keep location, ctpet "
+            "and semantic in radiomics.context"
+        )
+    return list(SEMANTIC_FEATURES)
 
 
 @dataclass
@@ -62,11 +85,15 @@ def fit_radiomics_model(
     classes: Sequence[str] | None = None,
     C: float = 0.01,
     alpha: float = 10.0,
+    model: str = "radiomics",
 ) -> RadiomicsModel:
-    """Fit on the ``fit_ids`` rows of ``table`` (features plus ``label`` or survival columns)."""
-    columns = feature_columns(table)
+    """Fit ``model``'s columns (:func:`feature_columns`) on the ``fit_ids`` rows of ``table``
+    (features plus ``label`` or survival columns)."""
+    columns = feature_columns(table, model)
     if not columns:
-        raise ValueError("the radiomics table has no feature columns (ct_*, pet_*, lesion_*)")
+        raise ValueError(
+            f"the radiomics table has no feature columns ({', '.join(FEATURE_PREFIXES)})"
+        )
     fit = table.set_index(table["patient_id"].astype(str), drop=False).loc[list(map(str, fit_ids))]
     if task == "survival":
         days = pd.to_numeric(fit["survival_days"], errors="coerce")

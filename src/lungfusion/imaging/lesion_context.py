@@ -1,0 +1,136 @@
+"""Lesion features pyradiomics has no class for: where the lesion sits in its lung, where its
+PET hot spot sits against its CT's densest part, and the few descriptors a radiologist reads.
+
+- ``loc_*``: the radiologist's central/peripheral call. On the lesion centre's axial slice of
+  the lung mask, ``loc_lateral_fraction`` is the centre's left-right position across its
+  hemithorax's lung, 0 at the lung's mediastinal edge and 1 at its costal edge;
+  ``loc_inner_third`` is 1 when that is under 1/3 (the "inner third of the hemithorax" of the
+  central-tumour definitions). The lesion's side is the lung label nearest its centre.
+- ``ctpet_*``: metabolic against morphologic structure, from the ROI alone. The CT dense part
+  is the centroid of the lesion's densest 3% (HU smoothed by ``DENSE_SMOOTH_MM``, weighted by
+  how far each voxel exceeds that cut); the PET hot spot is the SUV-weighted centroid of the
+  lesion voxels at or above ``HOT_FRACTION`` of its SUVmax. Offsets are from the lesion's centroid, in units of its equivalent-sphere
+  radius: ``ctpet_dense_hot_distance``, ``ctpet_offset_cosine`` (+1: the hot spot lies on the
+  dense side; -1: opposite), ``ct_dense_offset`` and ``pet_hot_offset``.
+- ``sem_*``: the semantic descriptors, on scales a linear model can use: ``sem_log_volume_ml``,
+  ``sem_solid_fraction`` (the share of the lesion at or above ``SOLID_HU``: the solid
+  proportion of a part-solid nodule), ``sem_cavity_fraction`` (air below ``CAVITY_HU`` inside
+  the filled lesion), and with PET ``sem_log_suvmax`` and ``sem_pet_core_ratio`` (mean SUV
+  within ``CORE_RADII`` of the centroid over SUVmax: a photopenic, necrotic core is low).
+
+They are written here because neither IBSI nor pyradiomics defines them; they are plain
+centroid geometry and voxel counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+DENSE_QUANTILE = 0.97  # the dense part is a few percent of a lesion
+DENSE_SMOOTH_MM = 0.7  # a Gaussian sigma that averages CT noise, not the dense part away
+HOT_FRACTION = 0.9
+INNER_THIRD = 1.0 / 3.0
+SOLID_HU = -300.0  # ground glass lies below, solid tissue above
+CAVITY_HU = -900.0
+CORE_RADII = 0.45  # of the lesion's equivalent-sphere radius
+
+
+def _centroid_mm(mask: np.ndarray, spacing_zyx: np.ndarray, weights=None) -> np.ndarray:
+    coords = np.argwhere(mask) * spacing_zyx
+    return np.average(coords, axis=0, weights=weights)
+
+
+def ctpet_offsets(
+    hu: np.ndarray, suv: np.ndarray, lesion: np.ndarray, spacing_zyx: np.ndarray
+) -> dict[str, float]:
+    """The ``ctpet_*``, ``ct_dense_offset`` and ``pet_hot_offset`` features of one lesion."""
+    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
+    centre, radius = _centroid_mm(lesion, spacing_zyx), _equivalent_radius(lesion, spacing_zyx)
+    smooth = _smooth(hu, spacing_zyx)
+    cut = np.quantile(smooth[lesion], DENSE_QUANTILE)
+    dense = lesion & (smooth >= cut)
+    dense_offset = _centroid_mm(dense, spacing_zyx, weights=smooth[dense] - cut + 1.0) - centre
+    uptake = np.where(lesion, suv, 0.0)
+    hot = lesion & (uptake >= HOT_FRACTION * uptake.max())
+    hot_offset = _centroid_mm(hot, spacing_zyx, weights=uptake[hot]) - centre
+    lengths = np.linalg.norm(dense_offset), np.linalg.norm(hot_offset)
+    cosine = float(dense_offset @ hot_offset / (lengths[0] * lengths[1])) if min(lengths) else 0.0
+    return {
+        "ctpet_dense_hot_distance": float(np.linalg.norm(dense_offset - hot_offset) / radius),
+        "ctpet_offset_cosine": cosine,
+        "ct_dense_offset": float(lengths[0] / radius),
+        "pet_hot_offset": float(lengths[1] / radius),
+    }
+
+
+def semantic_descriptors(
+    hu: np.ndarray, suv: np.ndarray | None, lesion: np.ndarray, spacing_zyx: np.ndarray
+) -> dict[str, float]:
+    """The ``sem_*`` features of one lesion (the PET ones only with ``suv``)."""
+    spacing_zyx = np.asarray(spacing_zyx, dtype=float)
+    volume_ml = lesion.sum() * spacing_zyx.prod() / 1e3
+    features = {
+        "sem_log_volume_ml": float(np.log(volume_ml)),
+        "sem_solid_fraction": float((_smooth(hu, spacing_zyx)[lesion] >= SOLID_HU).mean()),
+        "sem_cavity_fraction": float((hu[lesion] < CAVITY_HU).mean()),
+    }
+    if suv is None:
+        return features
+    suvmax = float(suv[lesion].max())
+    grids = np.ogrid[tuple(slice(0, n) for n in lesion.shape)]
+    centre = _centroid_mm(lesion, spacing_zyx)
+    distance = np.sqrt(
+        sum((g * s - c) ** 2 for g, s, c in zip(grids, spacing_zyx, centre, strict=True))
+    )
+    core = lesion & (distance <= CORE_RADII * _equivalent_radius(lesion, spacing_zyx))
+    features["sem_log_suvmax"] = float(np.log(max(suvmax, 0.1)))
+    features["sem_pet_core_ratio"] = float(suv[core].mean() / suvmax) if core.any() else np.nan
+    return features
+
+
+def _smooth(hu: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    return ndi.gaussian_filter(hu.astype(np.float32), DENSE_SMOOTH_MM / spacing_zyx)
+
+
+def _equivalent_radius(lesion: np.ndarray, spacing_zyx: np.ndarray) -> float:
+    return float((3.0 * lesion.sum() * spacing_zyx.prod() / (4.0 * np.pi)) ** (1.0 / 3.0))
+
+
+def lesion_centre_physical(lesion: np.ndarray, origin_xyz, spacing_xyz, direction) -> np.ndarray:
+    """Physical (x, y, z) mm of the lesion's centroid on a ROI grid (origin, spacing, direction)."""
+    index_xyz = np.argwhere(lesion).mean(axis=0)[::-1]
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    return np.asarray(origin_xyz, dtype=float) + matrix @ (index_xyz * np.asarray(spacing_xyz))
+
+
+def lung_location(lungs: sitk.Image, centre_xyz) -> dict[str, float]:
+    """The ``loc_*`` features of a lesion centred at physical ``centre_xyz`` mm, from the
+    segment stage's lung labels (1 right, 2 left); NaN when its slice shows no lung."""
+    x, y, z = lungs.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in centre_xyz))
+    labels = sitk.GetArrayViewFromImage(lungs)
+    k = int(round(z))
+    if not 0 <= k < labels.shape[0] or not labels[k].any():
+        return {"loc_lateral_fraction": float("nan"), "loc_inner_third": float("nan")}
+    axial = labels[k]
+    cols = np.nonzero((axial == _nearest_label(axial, (y, x))).any(axis=0))[0]
+    midline = _midline_column(labels)
+    medial, lateral = sorted((cols.min(), cols.max()), key=lambda c: abs(c - midline))
+    fraction = float(np.clip(abs(x - medial) / max(abs(lateral - medial), 1), 0.0, 1.0))
+    return {"loc_lateral_fraction": fraction, "loc_inner_third": float(fraction < INNER_THIRD)}
+
+
+def _midline_column(labels: np.ndarray) -> float:
+    """Halfway between the two lungs' centroids; the image's centre without two lungs."""
+    centres = [np.nonzero(labels == label)[2] for label in (1, 2)]
+    if all(c.size for c in centres):
+        return float(np.mean([c.mean() for c in centres]))
+    return (labels.shape[2] - 1) / 2.0
+
+
+def _nearest_label(axial: np.ndarray, point_yx) -> int:
+    distance, (iy, ix) = ndi.distance_transform_edt(axial == 0, return_indices=True)
+    py = int(np.clip(round(point_yx[0]), 0, axial.shape[0] - 1))
+    px = int(np.clip(round(point_yx[1]), 0, axial.shape[1] - 1))
+    return int(axial[iy[py, px], ix[py, px]])
