@@ -9,7 +9,7 @@ scored: the image-only oracle for every model, and the full oracle too for model
 the clinical table. Criterion (issue 4): with at least 300 patients the best CT+PET model
 reaches 0.9 of the image-only oracle AUC.
 
-    python bench/bench_quality.py [--n 300] [--preset tiny] [--folds 3] [--epochs 8]
+    python bench/bench_quality.py [--n 300] [--preset tiny] [--seed S] [--folds 3] [--epochs 8]
         [--models ct pet early late multistage mmtm clinical] [--submodels ct pet clinical]
         [--roi-shape 32 32 16]
         [--widths 16 32 64] [--ideal-models early] [--cores 2] [--workdir bench/_work/quality]
@@ -61,6 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=None, help="patients (default: overlay, 300)")
     parser.add_argument("--preset", choices=["tiny", "default", "realistic"], default=None)
+    parser.add_argument("--seed", type=int, default=None, help="cohort seed (default: overlay)")
     parser.add_argument("--folds", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--models", nargs="+", default=None)
@@ -91,6 +92,7 @@ def command_line_overlay(args: argparse.Namespace) -> dict:
     for section, key, value in (
         ("synthetic", "n_patients", args.n),
         ("synthetic", "preset", args.preset),
+        ("synthetic", "seed", args.seed),
         ("splits", "n_folds", args.folds),
         ("train", "epochs", args.epochs),
         ("train", "models", args.models),

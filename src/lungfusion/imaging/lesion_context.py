@@ -2,15 +2,15 @@
 PET hot spot sits against its CT's densest part, and the few descriptors a radiologist reads.
 
 - ``loc_*``: the radiologist's central/peripheral call. On the lesion centre's axial slice of
-  the lung mask, ``loc_lateral_fraction`` is the centre's left-right position across its
-  hemithorax's lung, 0 at the lung's mediastinal edge and 1 at its costal edge;
-  ``loc_inner_third`` is 1 when that is under 1/3 (the "inner third of the hemithorax" of the
-  central-tumour definitions). The lesion's side is the lung label nearest its centre.
+  the lung mask, ``loc_lateral_fraction`` is the centre's left-right position across its lung,
+  0 at the lung's mediastinal edge and 1 at its costal edge; ``loc_inner_third`` is 1 when that
+  is under 1/3 (the "inner third" of the central-tumour definitions). The lesion's side is the
+  lung label nearest its centre; the midline lies halfway between the two lungs' centroids.
 - ``ctpet_*``: metabolic against morphologic structure, from the ROI alone. The CT dense part
   is the centroid of the lesion's densest 3% (HU smoothed by ``DENSE_SMOOTH_MM``, weighted by
   how far each voxel exceeds that cut); the PET hot spot is the SUV-weighted centroid of the
-  lesion voxels at or above ``HOT_FRACTION`` of its SUVmax. Offsets are from the lesion's centroid, in units of its equivalent-sphere
-  radius: ``ctpet_dense_hot_distance``, ``ctpet_offset_cosine`` (+1: the hot spot lies on the
+  lesion voxels at or above ``HOT_FRACTION`` of its SUVmax. Offsets are from the lesion's
+  centroid, in units of its equivalent-sphere radius: ``ctpet_dense_hot_distance``, ``ctpet_offset_cosine`` (+1: the hot spot lies on the
   dense side; -1: opposite), ``ct_dense_offset`` and ``pet_hot_offset``.
 - ``sem_*``: the semantic descriptors, on scales a linear model can use: ``sem_log_volume_ml``,
   ``sem_solid_fraction`` (the share of the lesion at or above ``SOLID_HU``: the solid
@@ -130,7 +130,7 @@ def _midline_column(labels: np.ndarray) -> float:
 
 
 def _nearest_label(axial: np.ndarray, point_yx) -> int:
-    distance, (iy, ix) = ndi.distance_transform_edt(axial == 0, return_indices=True)
+    _, (iy, ix) = ndi.distance_transform_edt(axial == 0, return_indices=True)
     py = int(np.clip(round(point_yx[0]), 0, axial.shape[0] - 1))
     px = int(np.clip(round(point_yx[1]), 0, axial.shape[1] - 1))
     return int(axial[iy[py, px], ix[py, px]])
