@@ -304,3 +304,23 @@ def test_evaluation_layer_does_not_import_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("modalities", "kept"), [(["ct"], True), (["ct", "pet"], False)])
+def test_a_ct_only_radiomics_submodel_keeps_the_patients_without_pet(cohort, modalities, kept):
+    """The integrator masks a submodel's scores by the modalities its summary.json names: a
+    radiomics model run CT-only scores the patients without PET too; a CT+PET one that wrote a
+    score for them anyway has it ignored."""
+    rng = np.random.default_rng(1)
+    _write_model(cohort["train"], "radiomics", cohort["sheet"], cohort["folds"], rng)
+    for fold in range(N_FOLDS):
+        summary = cohort["train"] / "radiomics" / f"fold{fold}" / "summary.json"
+        summary.write_text(json.dumps({"status": "ok", "modalities": modalities}))
+    result = integrate.late_fusion(
+        name="late_logistic", train_dir=cohort["train"], folds=cohort["folds"],
+        sheet=cohort["sheet"], classes=CLASSES, submodels=("ct", "radiomics", "clinical"),
+    )  # fmt: skip
+    patterns = result["predictions"].set_index("patient_id").pattern
+    without_pet = set(patterns[list(cohort["no_pet"])])
+    assert without_pet == ({"ct+clinical+radiomics"} if kept else {"ct+clinical"})
+    assert set(patterns.drop(list(cohort["no_pet"]))) == {"ct+clinical+radiomics"}

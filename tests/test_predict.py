@@ -36,7 +36,9 @@ def _save_checkpoint(path: Path, name: str, seed: int, *, tta: bool = False) -> 
     )  # fmt: skip
 
 
-def _save_radiomics_model(path: Path, seed: int, model: str = "radiomics") -> None:
+def _save_radiomics_model(
+    path: Path, seed: int, model: str = "radiomics", modalities=("ct", "pet")
+) -> None:
     """A radiomics (or semantic) fold model as `lungfusion train --model radiomics` saves it:
     SQC lesions larger and hotter."""
     import joblib
@@ -58,7 +60,7 @@ def _save_radiomics_model(path: Path, seed: int, model: str = "radiomics") -> No
         table = table.assign(**{c: rng.normal(size=60) for c in SEMANTIC_FEATURES})
         table["sem_log_volume_ml"] = np.log(table.lesion_ml.clip(lower=0.1))
     model = fit_radiomics_model(table, fit_ids=table.patient_id, task="classification",
-                                classes=CLASSES, C=1.0, model=model)  # fmt: skip
+                                classes=CLASSES, C=1.0, model=model, modalities=modalities)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, path)
 
@@ -144,6 +146,19 @@ def test_predict_without_pet_skips_pet_models(synthetic, tmp_path):
     assert "PET" in record["models"]["early"]["skipped"]
     assert "PET" in record["models"]["radiomics"]["skipped"]
     assert "PET" in record["models"]["semantic"]["skipped"]
+
+
+def test_a_ct_only_radiomics_model_scores_a_patient_without_pet(synthetic, tmp_path):
+    models_dir = tmp_path / "train"
+    for fold in (0, 1):
+        path = models_dir / "radiomics" / f"fold{fold}" / "model.joblib"
+        _save_radiomics_model(path, seed=fold, modalities=("ct",))
+    out = tmp_path / "predictions.json"
+    rc = main(["--params", _params(), "predict", "--dicom", str(synthetic["nopet"]),
+               "--models-dir", str(models_dir), "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    result = json.loads(out.read_text())["models"]["radiomics"]
+    assert result["n_folds"] == 2 and sum(result["probabilities"].values()) == pytest.approx(1.0)
 
 
 def test_predict_scores_a_tta_checkpoint_as_it_was_selected(tmp_path):

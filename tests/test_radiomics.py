@@ -311,6 +311,33 @@ def test_the_semantic_model_fits_the_seven_descriptors(cohort, tmp_path):
     assert roc_auc_score(ok.label == "SQC", ok.prob_SQC) > 0.9  # larger and hotter SQC lesions
 
 
+@pytest.mark.parametrize("model", ["radiomics", "semantic"])
+def test_a_ct_only_lesion_model_reads_no_pet_and_keeps_the_patients_without_it(
+    cohort, tmp_path, model
+):
+    folds = tmp_path / "folds.tsv"
+    io = ["--sample-sheet", str(cohort["sheet"]), "--roi-dir", str(cohort["roi_dir"])]
+    params = {"train": {model: {"modalities": ["ct"]}}}
+    assert main(["--params", json.dumps(params), "splits", *io, "--out", str(folds)]) == 0
+    out = tmp_path / model
+    argv = ["--params", json.dumps(params), "train", "--model", model, "--fold", "0"]
+    argv += ["--folds", str(folds), *io, "--radiomics-features", str(cohort["features"])]
+    assert main([*argv, "--out-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["modalities"] == ["ct"] and summary["excluded_missing_modality"]["count"] == 0
+    assert not any(c.startswith(("pet_", "ctpet_")) or "suv" in c for c in summary["features"])
+    if model == "semantic":
+        assert summary["features"] == [
+            "sem_log_volume_ml", "sem_solid_fraction", "sem_cavity_fraction",
+            "loc_lateral_fraction",
+        ]  # fmt: skip
+    else:
+        assert sum(c.startswith("ct_") for c in summary["features"]) > 50
+    tested = pd.read_csv(folds, sep="\t").query("fold == 0 and role == 'test'").patient_id
+    predicted = pd.read_csv(out / "predictions.tsv", sep="\t").patient_id
+    assert set(predicted) == set(tested)  # P001, without PET, is scored where it is tested
+
+
 def test_the_semantic_model_names_the_missing_descriptors(cohort, tmp_path):
     from lungfusion.training.radiomics import fit_radiomics_model
 

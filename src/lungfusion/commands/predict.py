@@ -324,17 +324,18 @@ def predict_radiomics(
         read_roi,
     )
 
-    if not has_pet:
+    models = {path.parent.name: joblib.load(path) for path in fold_models}
+    reads_pet = any("pet" in getattr(m, "modalities", ("ct", "pet")) for m in models.values())
+    if reads_pet and not has_pet:
         return {"skipped": "the model reads PET and this patient has none"}
     roi_settings = config["roi"]
     roi = read_roi(npz, ct_window=roi_settings["ct_window"], suv_window=roi_settings["suv_window"])
     roi["lungs"] = read_lungs(lungs)
     features, status = lesion_features(**roi, settings=radiomics_settings(config.get("radiomics")))
     folds = {}
-    for path in fold_models:
-        model = joblib.load(path)
+    for fold, model in models.items():
         scores = model.score(pd.DataFrame([{c: features.get(c, np.nan) for c in model.columns}]))
-        folds[path.parent.name] = (
+        folds[fold] = (
             {"risk": float(scores["risk"][0])} if "risk" in scores
             else {"probabilities": {c.removeprefix("prob_"): float(v[0]) for c, v in scores.items()}}
         )  # fmt: skip

@@ -296,8 +296,9 @@ def run_clinical(args: argparse.Namespace, config: dict) -> int:
 def run_radiomics(args: argparse.Namespace, config: dict) -> int:
     """Penalised logistic regression (or ridge Cox) on the lesion's CT and PET features (all of
     them for ``radiomics``, the descriptors for ``semantic``), written like the clinical model's
-    runs. Patients without a PET are left out and counted, as for the CT+PET networks; those
-    whose ROI showed no lesion are imputed."""
+    runs. Patients without an imaging modality the model reads (``train.<model>.modalities``:
+    CT and PET, or CT alone) are left out and counted, as for the networks; those whose ROI
+    showed no lesion are imputed."""
     from lungfusion.training.radiomics import MODEL_DEFAULTS, fit_radiomics_model
 
     started = time.perf_counter()
@@ -311,15 +312,20 @@ def run_radiomics(args: argparse.Namespace, config: dict) -> int:
     features = features.drop(columns=["has_pet"], errors="ignore")  # the folds' flag decides
     table = sheet.merge(features, on="patient_id", how="left", validate="one_to_one")
     table = table.set_index("patient_id", drop=False)
-    kept, excluded = fold_roles_with(read_folds(args.folds), args.fold, {"ct", "pet"})
+    modalities = sorted(section["modalities"])
+    if "ct" not in modalities:
+        raise ValueError(f"train.{args.model}.modalities must include ct (the lesion is the CT's)")
+    kept, excluded = fold_roles_with(read_folds(args.folds), args.fold, set(modalities))
     roles = {role: [str(p) for p in rows.patient_id] for role, rows in kept.items()}
     if not roles["train"] or not roles["val"]:
-        raise ValueError(f"fold {args.fold}: need training and validation patients with PET")
+        raise ValueError(
+            f"fold {args.fold}: need training and validation patients with {'+'.join(modalities)}"
+        )
     out_dir = _fresh_out_dir(args.out_dir)
     C, alpha = float(section["C"]), float(section["alpha"])
     model = fit_radiomics_model(
         table, fit_ids=roles["train"], task=settings.task, classes=list(settings.classes),
-        C=C, alpha=alpha, model=args.model,
+        C=C, alpha=alpha, model=args.model, modalities=modalities,
     )  # fmt: skip
     used = sorted({p for ids in roles.values() for p in ids})
     status = table.loc[used, "status"].fillna("missing")
@@ -329,10 +335,10 @@ def run_radiomics(args: argparse.Namespace, config: dict) -> int:
             "model": args.model,
             "estimator": type(model.pipeline[-1]).__name__,
             "features": model.columns,
-            "model_options": {"C": C, "alpha": alpha},
+            "model_options": {"C": C, "alpha": alpha, "modalities": modalities},
             "imputed_without_features": sorted(status.index[status != "ok"]),
             "excluded_missing_modality": excluded_summary(excluded),
-            "modalities": ["ct", "pet"],
+            "modalities": modalities,
         },
     )  # fmt: skip
     return 0

@@ -16,6 +16,7 @@ standardised inside the integrator pipeline (fit on the validation patients only
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -266,6 +267,18 @@ def integrate_fold(
 MODALITY_FLAGS = {"ct": "has_ct", "pet": "has_pet", "radiomics": "has_pet", "semantic": "has_pet"}
 
 
+def modality_flag(submodel: str, folder: Path) -> str | None:
+    """The folds' flag of the imaging modality a submodel needs beyond CT: from its fold's
+    ``summary.json`` (``modalities``: a CT-only radiomics model keeps the patients without
+    PET), else :data:`MODALITY_FLAGS` by name."""
+    summary = folder / "summary.json"
+    if summary.is_file():
+        modalities = json.loads(summary.read_text()).get("modalities")
+        if modalities is not None:
+            return "has_pet" if "pet" in modalities else ("has_ct" if "ct" in modalities else None)
+    return MODALITY_FLAGS.get(submodel)
+
+
 def _as_bool(values: pd.Series) -> pd.Series:
     text = values.astype(str).str.strip().str.lower()
     return text.isin(["true", "1", "yes", "1.0"])
@@ -332,10 +345,15 @@ def submodel_fold_scores(
 
 
 def _masked_features(
-    predictions: pd.DataFrame, flags: pd.DataFrame, *, submodel: str, kind: str, classes: list[str]
+    predictions: pd.DataFrame,
+    flags: pd.DataFrame,
+    *,
+    submodel: str,
+    flag: str | None,
+    kind: str,
+    classes: list[str],
 ) -> pd.DataFrame:
     features = score_features(predictions, submodel=submodel, task=kind, classes=classes)
-    flag = MODALITY_FLAGS.get(submodel)
     if flag and flag in flags.columns:
         # a network may still emit a score for a patient whose modality is absent: ignore it
         absent = flags.index[~_as_bool(flags[flag])]
@@ -390,12 +408,10 @@ def late_fusion(
                 continue
             if sources[submodel].startswith("fit here"):
                 clinical[int(fold)] = (test, val)
-            test_scores.append(
-                _masked_features(test, flags, submodel=submodel, kind=kind, classes=classes)
-            )
-            val_scores.append(
-                _masked_features(val, flags, submodel=submodel, kind=kind, classes=classes)
-            )
+            flag = modality_flag(submodel, Path(train_dir) / submodel / f"fold{fold}")
+            mask = {"submodel": submodel, "flag": flag, "kind": kind, "classes": classes}
+            test_scores.append(_masked_features(test, flags, **mask))
+            val_scores.append(_masked_features(val, flags, **mask))
         if not test_scores:
             raise ValueError(f"fold {fold}: no submodel predictions at all")
         test_x = pd.concat(test_scores, axis=1).reindex(roles["test"])

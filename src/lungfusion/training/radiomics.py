@@ -48,20 +48,31 @@ SEMANTIC_FEATURES = (
     "loc_lateral_fraction",
 )
 LESION_FEATURE_MODELS = ("radiomics", "semantic")
-MODEL_DEFAULTS = {"radiomics": {"C": 0.01, "alpha": 10.0}, "semantic": {"C": 0.1, "alpha": 1.0}}
+MODEL_DEFAULTS = {
+    "radiomics": {"C": 0.01, "alpha": 10.0, "modalities": ["ct", "pet"]},
+    "semantic": {"C": 0.1, "alpha": 1.0, "modalities": ["ct", "pet"]},
+}
+PET_PREFIXES = ("pet_", "ctpet_", "sem_log_suvmax", "sem_pet_core_ratio")
 
 
-def feature_columns(table: pd.DataFrame, model: str = "radiomics") -> list[str]:
-    """The model's columns of the features table: all of them for ``radiomics``."""
+def feature_columns(
+    table: pd.DataFrame, model: str = "radiomics", modalities=("ct", "pet")
+) -> list[str]:
+    """The model's columns of the features table: all of them for ``radiomics``, the
+    descriptors for ``semantic``; without ``pet`` in ``modalities``, none read from the PET."""
     if model == "radiomics":
-        return [c for c in table.columns if c.startswith(FEATURE_PREFIXES)]
-    missing = [c for c in SEMANTIC_FEATURES if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"the semantic model needs {missing} in the radiomics table: keep location, ctpet "
-            "and semantic in radiomics.context"
-        )
-    return list(SEMANTIC_FEATURES)
+        columns = [c for c in table.columns if c.startswith(FEATURE_PREFIXES)]
+    else:
+        missing = [c for c in SEMANTIC_FEATURES if c not in table.columns]
+        if missing:
+            raise ValueError(
+                f"the semantic model needs {missing} in the radiomics table: keep location, "
+                "ctpet and semantic in radiomics.context"
+            )
+        columns = list(SEMANTIC_FEATURES)
+    if "pet" not in modalities:
+        columns = [c for c in columns if not c.startswith(PET_PREFIXES)]
+    return columns
 
 
 @dataclass
@@ -70,6 +81,7 @@ class RadiomicsModel:
     classes: list[str] | None
     columns: list[str]
     pipeline: Pipeline
+    modalities: tuple[str, ...] = ("ct", "pet")
 
     def score(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
         """``{"prob_<class>": ...}`` (classification) or ``{"risk": ...}`` (survival)."""
@@ -86,10 +98,11 @@ def fit_radiomics_model(
     C: float = 0.01,
     alpha: float = 10.0,
     model: str = "radiomics",
+    modalities: Sequence[str] = ("ct", "pet"),
 ) -> RadiomicsModel:
     """Fit ``model``'s columns (:func:`feature_columns`) on the ``fit_ids`` rows of ``table``
     (features plus ``label`` or survival columns)."""
-    columns = feature_columns(table, model)
+    columns = feature_columns(table, model, modalities)
     if not columns:
         raise ValueError(
             f"the radiomics table has no feature columns ({', '.join(FEATURE_PREFIXES)})"
@@ -119,4 +132,5 @@ def fit_radiomics_model(
         classes=None if classes is None else list(classes),
         columns=columns,
         pipeline=pipeline,
+        modalities=tuple(modalities),
     )
