@@ -17,7 +17,7 @@ from lungfusion.cli import main
 from lungfusion.imaging.lesion import segment_lesion
 from lungfusion.imaging.lesion_context import (
     ctpet_offsets,
-    lesion_centre_physical,
+    lesion_points_physical,
     lung_location,
     semantic_descriptors,
 )
@@ -186,10 +186,19 @@ def test_the_lesion_location_comes_from_the_roi_grid_and_is_nan_off_the_lungs():
     lesion = np.zeros(SHAPE, bool)
     lesion[8, 10, 20] = True  # z, y, x
     direction = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
-    centre = lesion_centre_physical(lesion, (-80.0, 0.0, 10.0), SPACING_XYZ, direction)
-    assert centre == pytest.approx((-80.0 + 20 * 0.977, 10 * 0.977, 10.0 + 8 * 3.27))
-    below = lung_location(_two_lungs(), (-50.0, 0.0, -40.0))
+    points = lesion_points_physical(lesion, (-80.0, 0.0, 10.0), SPACING_XYZ, direction)
+    assert points.tolist() == [pytest.approx([-80.0 + 20 * 0.977, 10 * 0.977, 10.0 + 8 * 3.27])]
+    below = lung_location(_two_lungs(), np.array([[-50.0, 0.0, -40.0]]))
     assert math.isnan(below["loc_lateral_fraction"]) and math.isnan(below["loc_inner_third"])
+
+
+def test_a_large_hilar_mass_centred_mid_lung_reaches_the_inner_third():
+    """From the mediastinal edge of the right lung (-12 mm) out to -70 mm: its centre (-41 mm)
+    sits beyond the inner third, at 0.37 of the lung's width; its inner edge at 0."""
+    points = np.array([[x, 0.0, 30.0] for x in np.linspace(-70.0, -12.0, 30)])
+    location = lung_location(_two_lungs(), points)
+    assert location["loc_lateral_fraction"] == pytest.approx(0.37, abs=0.03)
+    assert location["loc_inner_third"] == 1.0
 
 
 # --- the stage and the model through the command line ------------------------------------------

@@ -126,8 +126,10 @@ rule radiomics:
         cfg=sections("cohort", "roi", "radiomics"),
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         segment_dir=lambda wc, input: Path(input.segments[0]).parents[1],
+        register_dir=f"{RESULTS}/register",
     shell:
         "python -m lungfusion --params {params.cfg:q} radiomics --sample-sheet {input.sheet:q}"
         " --roi-dir {params.roi_dir:q} --segment-dir {params.segment_dir:q}"
+        " --register-dir {params.register_dir:q}"
         " --out {output.features:q} --threads {threads}"
         " > {log:q} 2>&1"

@@ -1,8 +1,9 @@
-"""``lungfusion index``: index a DICOM tree (headers only) and choose each patient's CT and PET.
+"""``lungfusion index``: index a DICOM tree (headers only) and choose each patient's CT, PET and
+RTSTRUCT.
 
 Writes ``--out`` (``results/ingest/series.tsv``): one row per series with the columns of
-:data:`lungfusion.ingest.index.SERIES_COLUMNS` plus ``files``, ``chosen`` (CT, PT or empty) and
-``reason``; patients of the sample sheet with no DICOM get a row with reason "no DICOM found".
+:data:`lungfusion.ingest.index.SERIES_COLUMNS` plus ``files``, ``chosen`` (CT, PT, RTSTRUCT or
+empty) and ``reason``; patients of the sample sheet with no DICOM get a row with reason "no DICOM found".
 ``files`` names the series' file list, ``series_files/<series_uid>.txt`` beside ``--out``
 (relative to the folder of ``--out``): one path per line, sorted, so ingest never walks the tree
 again. Files under the working directory (the Snakemake workdir) are listed relative to the
@@ -74,7 +75,7 @@ def build_series_table(
     out = Path(out)
     write_file_lists(table, files, out.parent)
     columns = ["patient_id", "chosen", "reason", *SERIES_COLUMNS[1:], "files"]
-    order = table["chosen"].map({"CT": 0, "PT": 1}).fillna(2)
+    order = table["chosen"].map({"CT": 0, "PT": 1, "RTSTRUCT": 2}).fillna(3)
     table = table.assign(_order=order).sort_values(["patient_id", "_order"], kind="stable")
     table = table[columns]
     with atomic_path(out) as tmp:

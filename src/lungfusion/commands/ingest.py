@@ -2,7 +2,9 @@
 
 Reads the patient's rows of ``--series`` (written by ``lungfusion index``) and their file
 lists. Writes into ``--out-dir``: ``ct.nii.gz`` (HU; int16 when exact, else float32),
-``pet_suv.nii.gz`` (SUVbw, float32; absent for a CT-only patient) and ``ingest.json`` last:
+``pet_suv.nii.gz`` (SUVbw, float32; absent for a CT-only patient), ``gtv.nii.gz`` (uint8 on the
+CT's grid: the union of the chosen RTSTRUCT's ROIs matching ``ingest.gtv_roi_pattern``; absent
+without one) and ``ingest.json`` last:
 ``status`` ok or failed, ``has_pet``, the series used, the SUV factor and its rule, warnings,
 timings and ``ct_slices`` (SOPInstanceUID, frame, index of the slice in ct.nii.gz). A bad input
 (PatientInputError) gives ``status: failed`` with the error, and exit code 0.
@@ -20,6 +22,7 @@ import SimpleITK as sitk
 from lungfusion.artifacts import Timer, atomic_path, sidecar, write_json_atomic
 from lungfusion.commands.index import read_file_list
 from lungfusion.errors import PatientInputError
+from lungfusion.imaging.rtstruct import gtv_mask
 from lungfusion.ingest.series import read_ct_series, read_pet_suv
 
 log = logging.getLogger(__name__)
@@ -87,8 +90,11 @@ def ingest_patient(patient: str, series_path: Path, out_dir: Path, options: dict
     else:
         pet_path.unlink(missing_ok=True)  # a stale PET from an earlier choice would mislead
         warnings.append("no usable PET: CT-only")
+    with timer("gtv"):
+        gtv = _ingest_gtv(table, patient, series_path, ct, ct_row, out_dir, options, warnings)
     return {
         "has_pet": pet_row is not None,
+        "gtv": gtv,
         "ct": _series_record(ct_row, ct_info, len(ct_files)),
         "pet": _series_record(pet_row, pet_info, len(pet_files)) if pet_row is not None else None,
         "suv_factor": pet_info["suv_factor"] if pet_info else None,
@@ -96,8 +102,37 @@ def ingest_patient(patient: str, series_path: Path, out_dir: Path, options: dict
         "ct_slices": ct_info["slices"],
         "warnings": warnings,
         "timings": timer.seconds,
-        "outputs": {"ct": "ct.nii.gz", **({"pet": "pet_suv.nii.gz"} if pet_info else {})},
+        "outputs": {
+            "ct": "ct.nii.gz",
+            **({"pet": "pet_suv.nii.gz"} if pet_info else {}),
+            **({"gtv": "gtv.nii.gz"} if gtv and gtv["voxels"] else {}),
+        },
     }
+
+
+def _ingest_gtv(table, patient, series_path, ct, ct_row, out_dir, options, warnings) -> dict | None:
+    """Write the chosen RTSTRUCT's GTV onto the CT's grid; its record, None without one. A
+    GTV that cannot be used is a warning: the images are still good."""
+    path = out_dir / "gtv.nii.gz"
+    path.unlink(missing_ok=True)  # a stale GTV from an earlier choice would mislead
+    row, files = _chosen(table, patient, "RTSTRUCT", series_path)
+    pattern = options.get("gtv_roi_pattern")
+    if row is None or not pattern or not files:
+        return None
+    try:
+        mask, info = gtv_mask(
+            files[0], ct, ct_frame_of_reference=ct_row.get("frame_of_reference", ""),
+            pattern=pattern,
+        )  # fmt: skip
+    except PatientInputError as error:
+        error.patient = patient
+        warnings.append(f"RTSTRUCT: {error}")
+        return None
+    if "warning" in info:
+        warnings.append(f"RTSTRUCT: {info.pop('warning')}")
+    if mask is not None:
+        _write_image(mask, path)
+    return {"series_uid": row["series_uid"], **info}
 
 
 def _series_record(row, info: dict, n_files: int) -> dict:

@@ -133,6 +133,7 @@ def prepare_roi(dicom_dir: Path, work_dir: Path, config: dict, patient: str) -> 
     return {
         "npz": npz,
         "lungs": dirs["segment"] / "lungs.nii.gz",
+        "register_dir": dirs["register"],
         "has_pet": bool(ingested["has_pet"]),
         "registration_kept": registration.get("kept"),
         "lung_volume_ml": segmented["volumes_ml"].get("total_ml"),
@@ -312,26 +313,30 @@ def _tab_context(args, config: dict, clinical: dict, patient: str):
 
 
 def predict_radiomics(
-    fold_models: list[Path], npz: Path, *, lungs: Path, has_pet: bool, config: dict
-) -> dict:
+    fold_models: list[Path], npz: Path, *, lungs: Path, register_dir: Path, has_pet: bool,
+    config: dict,
+) -> dict:  # fmt: skip
     """The radiomics or semantic model's fold predictions of the patient's ROI and their mean."""
     import joblib
 
     from lungfusion.imaging.radiomics import (
         lesion_features,
         radiomics_settings,
+        read_lesion_inputs,
         read_lungs,
-        read_roi,
     )
 
     models = {path.parent.name: joblib.load(path) for path in fold_models}
     reads_pet = any("pet" in getattr(m, "modalities", ("ct", "pet")) for m in models.values())
     if reads_pet and not has_pet:
         return {"skipped": "the model reads PET and this patient has none"}
-    roi_settings = config["roi"]
-    roi = read_roi(npz, ct_window=roi_settings["ct_window"], suv_window=roi_settings["suv_window"])
+    roi_settings, settings = config["roi"], radiomics_settings(config.get("radiomics"))
+    roi, _ = read_lesion_inputs(
+        npz, register_dir=register_dir, segment_dir=lungs.parent, settings=settings,
+        ct_window=roi_settings["ct_window"], suv_window=roi_settings["suv_window"],
+    )  # fmt: skip
     roi["lungs"] = read_lungs(lungs)
-    features, status = lesion_features(**roi, settings=radiomics_settings(config.get("radiomics")))
+    features, status = lesion_features(**roi, settings=settings)
     folds = {}
     for fold, model in models.items():
         scores = model.score(pd.DataFrame([{c: features.get(c, np.nan) for c in model.columns}]))
@@ -373,14 +378,16 @@ def run(args: argparse.Namespace, config: dict) -> int:
         }
         for name, paths in tables.items():
             models[name] = predict_radiomics(
-                paths, imaging["npz"], lungs=imaging["lungs"], has_pet=imaging["has_pet"],
-                config=config,
+                paths, imaging["npz"], lungs=imaging["lungs"],
+                register_dir=imaging["register_dir"], has_pet=imaging["has_pet"], config=config,
             )  # fmt: skip
         record = {
             "patient_id": args.patient_id,
             "task": config["task"],
             "averaging": AVERAGING,
-            "imaging": {k: v for k, v in imaging.items() if k not in ("npz", "lungs")},
+            "imaging": {
+                k: v for k, v in imaging.items() if k not in ("npz", "lungs", "register_dir")
+            },
             "models": models,
         }
         if args.work_dir is not None:

@@ -1,8 +1,9 @@
 """`lungfusion register`: PET onto CT for one patient, both resampled to the target grid.
 
 Reads ``ct.nii.gz``, ``pet_suv.nii.gz`` and ``ingest.json`` from the ingest folder and writes
-``ct.nii.gz`` (HU), ``pet.nii.gz`` (SUV; absent for CT-only patients), ``pet_to_ct.tfm`` (CT
-physical point -> PET physical point) and, last, ``register.json``.
+``ct.nii.gz`` (HU), ``pet.nii.gz`` (SUV; absent for CT-only patients), ``gtv.nii.gz`` (the
+ingested GTV on the same grid, where there is one), ``pet_to_ct.tfm`` (CT physical point -> PET
+physical point) and, last, ``register.json``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,17 @@ def _read_image(path: Path, patient: str) -> sitk.Image:
         ) from error
 
 
+def _resample_gtv(source: Path, ct: sitk.Image, spacing, out: Path, patient: str) -> bool:
+    """The GTV onto the registered CT's grid: its share of each target voxel (the CT's
+    antialiased linear resampling) at 0.5 or more is in, as a partial-volume majority."""
+    out.unlink(missing_ok=True)  # a GTV no longer ingested must not stay
+    if not source.is_file():
+        return False
+    share = resample_to_spacing(_read_image(source, patient), spacing, reference=ct)
+    _write_image(sitk.Cast(share >= 0.5, sitk.sitkUInt8), out)
+    return True
+
+
 def register_patient(
     patient: str, ingest_dir: Path, out_dir: Path, options: dict, timer: Timer, *, has_pet: bool
 ) -> dict:
@@ -73,6 +85,9 @@ def register_patient(
     result: dict = {"has_pet": has_pet, "warnings": [], "outputs": {"ct": "ct.nii.gz"}}
     with timer("resample_ct"):
         _write_image(resample_to_spacing(ct, spacing, default_value=AIR_HU), out_dir / "ct.nii.gz")
+    with timer("resample_gtv"):
+        if _resample_gtv(ingest_dir / "gtv.nii.gz", ct, spacing, out_dir / "gtv.nii.gz", patient):
+            result["outputs"]["gtv"] = "gtv.nii.gz"
     if pet is None:
         return result
     with timer("register"):

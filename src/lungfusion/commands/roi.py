@@ -1,6 +1,7 @@
 """``lungfusion roi``: crop, window and normalise one patient's model-input tensors.
 
 Reads ``{register_dir}/ct.nii.gz``, ``pet.nii.gz`` (absent for CT-only), ``register.json``,
+``gtv.nii.gz`` (where the collection has contours: the ``gtv`` strategy centres on it),
 ``{segment_dir}/region.nii.gz``, ``lungs.nii.gz``, ``segment.json`` and, for the annotation
 strategy, ``{ingest_dir}/ingest.json`` + ``ct.nii.gz``. Writes ``--out`` (``PID.npz``: keys
 ``ct``, ``pet`` float32 (z, y, x) in [0, 1], ``lungs`` uint8 region mask, ``has_pet`` bool,
@@ -85,10 +86,11 @@ def make_roi(
         pet = _read(register_dir / "pet.nii.gz", required=False)
         region = _read(segment_dir / "region.nii.gz", required=True)
         lungs = _read(segment_dir / "lungs.nii.gz", required=False)
+        gtv = _read(register_dir / "gtv.nii.gz", required=False)
     shape = tuple(int(n) for n in settings["shape"])
     warnings: list[str] = []
     with timer("place"):
-        grid, crop_used, info = _place(args, settings, ct, pet, region, lungs, shape, warnings)
+        grid, crop_used, info = _place(args, settings, ct, pet, region, lungs, gtv, shape, warnings)
     with timer("extract"):
         payload = roi_lib.extract_roi(
             ct, pet, region, grid,
@@ -125,8 +127,13 @@ def make_roi(
     }
 
 
-def _place(args, settings, ct, pet, region, lungs, shape, warnings) -> tuple:
+def _place(args, settings, ct, pet, region, lungs, gtv, shape, warnings) -> tuple:
     crop = settings["crop"]
+    if crop == "gtv":
+        placed = roi_lib.gtv_grid(ct, gtv, shape) if gtv is not None else None
+        if placed is not None:
+            return placed[0], crop, placed[1]
+        warnings.append("no GTV contour for this patient: fell back to pet_hotspot")
     if crop == "lungs":
         grid, info = roi_lib.lungs_grid(ct, region, shape=shape)
         return grid, crop, info

@@ -9,7 +9,8 @@ cavity, a necrotic core) are filled: they belong to the lesion. A lesion thinner
 opening (two slices or fewer at 3.27 mm) leaves no candidate; then the same voxels unopened are
 searched, vessels and all.
 
-Where the cohort has contours, a GTV mask should replace this (not wired yet: see the README).
+Where the collection has GTV contours, the radiomics stage takes those instead
+(``radiomics.mask: auto``; ingest rasterises them, register and roi carry them along).
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@ PET hot spot sits against its CT's densest part, and the few descriptors a radio
 
 - ``loc_*``: the radiologist's central/peripheral call. On the lesion centre's axial slice of
   the lung mask, ``loc_lateral_fraction`` is the centre's left-right position across its lung,
-  0 at the lung's mediastinal edge and 1 at its costal edge; ``loc_inner_third`` is 1 when that
-  is under 1/3 (the "inner third" of the central-tumour definitions). The lesion's side is the
-  lung label nearest its centre; the midline lies halfway between the two lungs' centroids.
+  0 at (or medial to) the lung's mediastinal edge and 1 at its costal edge;
+  ``loc_inner_third`` is 1 when the lesion reaches the inner third (its innermost voxel's
+  position under 1/3, as in the central-tumour definitions: a large hilar mass may be centred
+  mid-lung). The lesion's side is the lung label nearest its centre; the midline lies halfway
+  between the two lungs' centroids.
 - ``ctpet_*``: metabolic against morphologic structure, from the ROI alone. The CT dense part
   is the centroid of the lesion's densest 3% (HU smoothed by ``DENSE_SMOOTH_MM``, weighted by
   how far each voxel exceeds that cut); the PET hot spot is the SUV-weighted centroid of the
@@ -98,17 +100,19 @@ def _equivalent_radius(lesion: np.ndarray, spacing_zyx: np.ndarray) -> float:
     return float((3.0 * lesion.sum() * spacing_zyx.prod() / (4.0 * np.pi)) ** (1.0 / 3.0))
 
 
-def lesion_centre_physical(lesion: np.ndarray, origin_xyz, spacing_xyz, direction) -> np.ndarray:
-    """Physical (x, y, z) mm of the lesion's centroid on a ROI grid (origin, spacing, direction)."""
-    index_xyz = np.argwhere(lesion).mean(axis=0)[::-1]
+def lesion_points_physical(lesion: np.ndarray, origin_xyz, spacing_xyz, direction) -> np.ndarray:
+    """Physical (x, y, z) mm of every lesion voxel of a ROI grid (origin, spacing, direction)."""
+    index_xyz = np.argwhere(lesion)[:, ::-1].astype(float)
     matrix = np.asarray(direction, dtype=float).reshape(3, 3)
-    return np.asarray(origin_xyz, dtype=float) + matrix @ (index_xyz * np.asarray(spacing_xyz))
+    offsets = (index_xyz * np.asarray(spacing_xyz, dtype=float)) @ matrix.T
+    return np.asarray(origin_xyz, dtype=float) + offsets
 
 
-def lung_location(lungs: sitk.Image, centre_xyz) -> dict[str, float]:
-    """The ``loc_*`` features of a lesion centred at physical ``centre_xyz`` mm, from the
-    segment stage's lung labels (1 right, 2 left); NaN when its slice shows no lung."""
-    x, y, z = lungs.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in centre_xyz))
+def lung_location(lungs: sitk.Image, points_xyz: np.ndarray) -> dict[str, float]:
+    """The ``loc_*`` features of a lesion whose voxels are at physical ``points_xyz`` mm (n, 3),
+    from the segment stage's lung labels (1 right, 2 left); NaN when its slice shows no lung."""
+    index = _continuous_index(lungs, np.atleast_2d(points_xyz))
+    x, y, z = index.mean(axis=0)
     labels = sitk.GetArrayViewFromImage(lungs)
     k = int(round(z))
     if not 0 <= k < labels.shape[0] or not labels[k].any():
@@ -117,8 +121,20 @@ def lung_location(lungs: sitk.Image, centre_xyz) -> dict[str, float]:
     cols = np.nonzero((axial == _nearest_label(axial, (y, x))).any(axis=0))[0]
     midline = _midline_column(labels)
     medial, lateral = sorted((cols.min(), cols.max()), key=lambda c: abs(c - midline))
-    fraction = float(np.clip(abs(x - medial) / max(abs(lateral - medial), 1), 0.0, 1.0))
-    return {"loc_lateral_fraction": fraction, "loc_inner_third": float(fraction < INNER_THIRD)}
+    width, outward = max(abs(lateral - medial), 1), np.sign(lateral - medial)
+
+    def across(column):  # 0 at (or medial to) the mediastinal edge, 1 at the costal edge
+        return float(np.clip((column - medial) * outward / width, 0.0, 1.0))
+
+    innermost = across(index[:, 0][np.argmin(np.abs(index[:, 0] - midline))])
+    return {"loc_lateral_fraction": across(x), "loc_inner_third": float(innermost < INNER_THIRD)}
+
+
+def _continuous_index(image: sitk.Image, points_xyz: np.ndarray) -> np.ndarray:
+    """``TransformPhysicalPointToContinuousIndex`` for many points at once."""
+    matrix = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    relative = points_xyz - np.asarray(image.GetOrigin(), dtype=float)
+    return (relative @ matrix) / np.asarray(image.GetSpacing(), dtype=float)
 
 
 def _midline_column(labels: np.ndarray) -> float:

@@ -1,7 +1,11 @@
 """IBSI radiomics features of the lesion in a ROI, CT and PET, with pyradiomics.
 
 Each patient's ROI (``results/roi/{pid}.npz``) gives the CT (HU), the PET (SUV) and the region
-on one grid; the lesion is :func:`lungfusion.imaging.lesion.segment_lesion`. pyradiomics then
+on one grid, and the lesion is :func:`lungfusion.imaging.lesion.segment_lesion`'s CT blob at
+its centre. Where the collection has a GTV contour (``results/register/{pid}/gtv.nii.gz``) and
+``radiomics.mask`` is auto, the lesion is the GTV instead, on a box of the registered images
+around it (:func:`read_gtv_box`): the whole contour, however large, whatever box the networks'
+ROI takes. pyradiomics then
 computes, on the original images, the configured feature classes with a fixed bin width per
 modality (HU and SUV are absolute scales, so a fixed width keeps bins comparable across
 patients, as IBSI recommends for CT and PET). The names are ``ct_<class>_<feature>`` and
@@ -28,7 +32,7 @@ import SimpleITK as sitk
 from lungfusion.imaging.lesion import MAX_OFFSET_MM, segment_lesion
 from lungfusion.imaging.lesion_context import (
     ctpet_offsets,
-    lesion_centre_physical,
+    lesion_points_physical,
     lung_location,
     semantic_descriptors,
 )
@@ -40,6 +44,8 @@ RADIOMICS_DEFAULTS = {
     "ct_bin_width": 25.0,  # HU
     "pet_bin_width": 0.5,  # SUV
     "context": ["location", "ctpet", "semantic"],
+    "mask": "auto",  # the GTV where the ROI has one, else the CT blob; ct_blob: always the blob
+    "gtv_margin_mm": 10.0,  # around the GTV's bounding box: texture at its edge, the location
     "min_lesion_voxels": 8,  # below this, texture matrices are empty
     "max_offset_mm": MAX_OFFSET_MM,
 }
@@ -61,6 +67,8 @@ def radiomics_settings(section: Mapping | None) -> dict:
         raise ValueError(
             f"radiomics.context: unknown {sorted(unknown)}; choose from {list(CONTEXT_FEATURES)}"
         )
+    if settings["mask"] not in ("auto", "ct_blob"):
+        raise ValueError(f"radiomics.mask must be auto or ct_blob, not {settings['mask']!r}")
     settings["ct_bin_width"] = float(settings["ct_bin_width"])
     settings["pet_bin_width"] = float(settings["pet_bin_width"])
     return settings
@@ -104,13 +112,18 @@ def lesion_features(
     settings: Mapping,
     origin_xyz=None,
     lungs: sitk.Image | None = None,
+    gtv: np.ndarray | None = None,
 ) -> tuple[dict[str, float], str]:
     """(features, status) of one ROI: status ``ok``, or ``no_lesion`` (none near the centre, or
     under ``min_lesion_voxels``) or ``flat_lesion`` (one voxel thick along an axis), featureless.
     The ``location`` features need the ROI's ``origin_xyz`` and the patient's ``lungs`` labels
-    (on the registered CT's grid, whose direction the ROI shares); without them they are NaN."""
+    (on the registered CT's grid, whose direction the ROI shares); without them they are NaN.
+    ``gtv``, the ROI's contour mask, is the lesion when :func:`mask_source` says so."""
     spacing_zyx = np.asarray(spacing_xyz, dtype=float)[::-1]
-    lesion = segment_lesion(hu, region, spacing_zyx, max_offset_mm=settings["max_offset_mm"])
+    if mask_source(gtv, settings) == "gtv":
+        lesion = gtv > 0
+    else:
+        lesion = segment_lesion(hu, region, spacing_zyx, max_offset_mm=settings["max_offset_mm"])
     if lesion.sum() < settings["min_lesion_voxels"]:
         return {}, "no_lesion"
     if min(np.ptp(np.argwhere(lesion), axis=0)) == 0:  # one slice or row thick: no 3D texture
@@ -131,23 +144,81 @@ def lesion_features(
     return features, "ok"
 
 
+def mask_source(gtv: np.ndarray | None, settings: Mapping) -> str:
+    """``gtv`` where there is a contour and ``radiomics.mask`` is auto, else ``ct_blob``."""
+    has_gtv = gtv is not None and bool(np.any(gtv))
+    return "gtv" if has_gtv and settings["mask"] == "auto" else "ct_blob"
+
+
 def _location(lesion, origin_xyz, spacing_xyz, lungs) -> dict[str, float]:
     if lungs is None or origin_xyz is None:
         return {"loc_lateral_fraction": float("nan"), "loc_inner_third": float("nan")}
-    centre = lesion_centre_physical(lesion, origin_xyz, spacing_xyz, lungs.GetDirection())
-    return lung_location(lungs, centre)
+    points = lesion_points_physical(lesion, origin_xyz, spacing_xyz, lungs.GetDirection())
+    return lung_location(lungs, points)
 
 
 def read_roi(roi_path: Path, *, ct_window, suv_window) -> dict:
     """HU, SUV (None without PET), region, spacing and origin of a ROI file, undone from its
-    windows: with ``lungs`` (:func:`read_lungs`), the keyword arguments of
+    windows (and ``gtv`` None): with ``lungs`` (:func:`read_lungs`), the keyword arguments of
     :func:`lesion_features` but ``settings``."""
     with np.load(roi_path) as roi:
         suv = unscale(roi["pet"], suv_window) if bool(roi["has_pet"]) else None
         return {
             "hu": unscale(roi["ct"], ct_window), "suv": suv, "region": roi["lungs"],
-            "spacing_xyz": roi["spacing"], "origin_xyz": roi["origin"],
+            "spacing_xyz": roi["spacing"], "origin_xyz": roi["origin"], "gtv": None,
         }  # fmt: skip
+
+
+def read_lesion_inputs(
+    roi_path: Path,
+    *,
+    register_dir: Path | None,
+    segment_dir: Path | None,
+    settings: Mapping,
+    ct_window,
+    suv_window,
+) -> tuple[dict, Path]:
+    """:func:`lesion_features`' keyword arguments but ``settings`` and ``lungs``, and the file
+    they came from: the GTV box (:func:`read_gtv_box`) where ``register_dir`` holds a GTV and
+    ``radiomics.mask`` is auto, else the ROI file."""
+    gtv = register_dir / "gtv.nii.gz" if register_dir else None
+    if settings["mask"] == "auto" and gtv is not None and gtv.is_file():
+        box = read_gtv_box(register_dir, segment_dir, margin_mm=settings["gtv_margin_mm"])
+        return box, gtv
+    return read_roi(roi_path, ct_window=ct_window, suv_window=suv_window), roi_path
+
+
+def read_gtv_box(register_dir: Path, segment_dir: Path | None, *, margin_mm: float) -> dict:
+    """HU, SUV (None without PET), region, spacing, origin and GTV of the registered images in
+    the GTV's bounding box plus ``margin_mm``: the keyword arguments of :func:`read_roi`."""
+    gtv = sitk.ReadImage(str(register_dir / "gtv.nii.gz"), sitk.sitkUInt8)
+    inside = np.argwhere(sitk.GetArrayViewFromImage(gtv) > 0)  # (z, y, x)
+    if inside.size == 0:
+        raise ValueError("the GTV is empty")
+    pad = np.ceil(margin_mm / np.asarray(gtv.GetSpacing())[::-1]).astype(int)
+    low = np.maximum(inside.min(axis=0) - pad, 0)
+    high = np.minimum(inside.max(axis=0) + pad + 1, np.asarray(gtv.GetSize())[::-1])
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1], strict=True))
+
+    def crop(path: Path, pixel) -> np.ndarray | None:
+        image = sitk.ReadImage(str(path), pixel)
+        if image.GetSize() != gtv.GetSize():
+            raise ValueError(f"{path.name} is not on the GTV's grid")
+        return sitk.GetArrayFromImage(image[box])
+
+    pet, region = (
+        register_dir / "pet.nii.gz",
+        segment_dir / "region.nii.gz" if segment_dir else None,
+    )
+    hu = crop(register_dir / "ct.nii.gz", sitk.sitkFloat32)
+    return {
+        "hu": hu,
+        "suv": crop(pet, sitk.sitkFloat32) if pet.is_file() else None,
+        "region": crop(region, sitk.sitkUInt8) if region and region.is_file() else np.ones_like(hu),
+        "spacing_xyz": np.asarray(gtv.GetSpacing()),
+        "origin_xyz": np.asarray(gtv[box].GetOrigin()),
+        "gtv": sitk.GetArrayFromImage(gtv[box]),
+    }
 
 
 def read_lungs(path: Path | None) -> sitk.Image | None:

@@ -16,7 +16,9 @@ Strategies:
   bounding box, recorded as a fallback. ``info["placement"]`` names which;
 - ``lungs``: the region's bounding box resampled to ``shape`` (spacing changes per axis);
 - ``annotation``: box of ``shape`` voxels centred on the union of the PASCAL VOC boxes of
-  Lung-PET-CT-Dx, placed through the ingested CT's slice list (SOPInstanceUID -> slice).
+  Lung-PET-CT-Dx, placed through the ingested CT's slice list (SOPInstanceUID -> slice);
+- ``gtv``: box of ``shape`` voxels centred on the contoured GTV (the bounding box of its
+  largest part, so a nodal GTV beside the primary does not pull the box off it).
 
 Example::
 
@@ -37,7 +39,7 @@ from scipy import ndimage as ndi
 
 from lungfusion.errors import PatientInputError
 
-CROP_STRATEGIES = ("pet_hotspot", "lungs", "annotation")
+CROP_STRATEGIES = ("pet_hotspot", "lungs", "annotation", "gtv")
 HOTSPOT_DILATION_MM = 10.0  # the SUV maximum may sit just outside the region mask
 HOTSPOT_SMOOTH_MM = 2.0  # Gaussian sigma: single-voxel noise must not make a peak
 HOTSPOT_REGION_BIAS = 0.2  # weight of a peak with no region around it (mediastinal nodes)
@@ -91,6 +93,19 @@ def fixed_box_grid(
     return RoiGrid(
         tuple(origin), tuple(ct.GetSpacing()), tuple(int(n) for n in shape), ct.GetDirection()
     )
+
+
+def gtv_grid(
+    ct: sitk.Image, gtv: sitk.Image, shape: tuple[int, int, int]
+) -> tuple[RoiGrid, dict] | None:
+    """A ``shape`` box on the CT grid centred on the GTV's largest part; None if it is empty.
+    ``gtv`` is on the CT's grid (the register stage's)."""
+    labels, count = ndi.label(sitk.GetArrayViewFromImage(gtv) > 0)
+    if count == 0:
+        return None
+    largest = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    info = {"placement": "gtv", "centre_from": "GTV bounding box centre", "gtv_parts": count}
+    return fixed_box_grid(ct, _bbox_centre(largest), shape), info
 
 
 def hotspot_grid(

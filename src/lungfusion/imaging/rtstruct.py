@@ -1,7 +1,8 @@
 """RTSTRUCT contours to a binary mask on a reference image's grid.
 
-Used by tests and benchmarks (clinicians' contours as ground truth) and by any stage that
-needs a structure on an image grid. Closed planar contours are filled slice by slice; a
+Used by the ingest stage (a collection's GTV contours, :func:`gtv_mask`), by tests and
+benchmarks (clinicians' contours as ground truth) and by any stage that needs a structure on
+an image grid. Closed planar contours are filled slice by slice; a
 contour nested in another of the same ROI on one slice is a hole (even-odd rule), which is
 how treatment planning systems draw rings.
 
@@ -13,11 +14,13 @@ Example::
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
 
 from lungfusion.errors import PatientInputError
 
@@ -26,6 +29,47 @@ def rtstruct_roi_names(rtstruct_path: str | Path) -> list[str]:
     """Names of the ROIs defined in an RTSTRUCT file."""
     ds = pydicom.dcmread(str(rtstruct_path), stop_before_pixels=True)
     return [str(roi.ROIName) for roi in getattr(ds, "StructureSetROISequence", [])]
+
+
+def gtv_mask(
+    rtstruct_path: str | Path, ct: sitk.Image, *, ct_frame_of_reference: str, pattern: str
+) -> tuple[sitk.Image | None, dict]:
+    """The union of the RTSTRUCT's ROIs whose name matches ``pattern`` (a regular expression,
+    searched case-insensitively), on the CT's grid, and what was found: ``rois``, ``voxels``
+    and ``warning`` when there is no mask (another frame of reference, no matching ROI, or
+    contours that all miss the CT). Raises PatientInputError for an unreadable file."""
+    try:
+        ds = pydicom.dcmread(str(rtstruct_path), stop_before_pixels=True)
+    except (OSError, InvalidDicomError) as error:
+        message = f"cannot read the RTSTRUCT: {error}"
+        raise PatientInputError(message, file=str(rtstruct_path)) from error
+    frames = {
+        str(item.FrameOfReferenceUID)
+        for item in getattr(ds, "ReferencedFrameOfReferenceSequence", [])
+        if "FrameOfReferenceUID" in item
+    }
+    info: dict = {"file": str(rtstruct_path), "rois": [], "voxels": 0}
+    if frames and ct_frame_of_reference and ct_frame_of_reference not in frames:
+        info["warning"] = (
+            f"RTSTRUCT {rtstruct_path} is drawn in frame of reference {sorted(frames)}, not the "
+            f"CT's {ct_frame_of_reference} (tag ReferencedFrameOfReferenceSequence): no GTV"
+        )
+        return None, info
+    names = [str(roi.ROIName) for roi in getattr(ds, "StructureSetROISequence", [])]
+    info["rois"] = [name for name in names if re.search(pattern, name, flags=re.IGNORECASE)]
+    if not info["rois"]:
+        info["warning"] = f"RTSTRUCT {rtstruct_path} has no ROI matching {pattern!r} ({names})"
+        return None, info
+    union = np.zeros(ct.GetSize()[::-1], dtype=bool)
+    for name in info["rois"]:
+        union |= sitk.GetArrayFromImage(rtstruct_to_mask(rtstruct_path, ct, name)) > 0
+    info["voxels"] = int(union.sum())
+    if not info["voxels"]:
+        info["warning"] = f"RTSTRUCT {rtstruct_path}: the contours of {info['rois']} miss the CT"
+        return None, info
+    image = sitk.GetImageFromArray(union.astype(np.uint8))
+    image.CopyInformation(ct)
+    return image, info
 
 
 def rtstruct_to_mask(

@@ -173,6 +173,27 @@ def _choose_pet(rows: pd.DataFrame, ct: Mapping) -> tuple[int | None, dict[int, 
     return best, reasons
 
 
+def _choose_rtstruct(rows: pd.DataFrame, ct: Mapping) -> tuple[int | None, dict[int, str]]:
+    """The RTSTRUCT of the CT's study (its frame of reference is checked at ingest, from the
+    file); the latest when there are several, as a re-contoured plan supersedes the first."""
+    reasons, usable = {}, []
+    for index, row in rows.iterrows():
+        if _text(row.get("modality")) != "RTSTRUCT":
+            continue
+        if _text(row.get("study_uid")) != _text(ct.get("study_uid")):
+            reasons[index] = "RTSTRUCT not in the CT's study"
+            continue
+        usable.append((_when(row) or dt.datetime.min, index))
+    if not usable:
+        return None, reasons
+    usable.sort(reverse=True)
+    best = usable[0][1]
+    for _, index in usable[1:]:
+        reasons[index] = "RTSTRUCT of the CT's study, but a later one is chosen"
+    reasons[best] = "chosen RTSTRUCT (contours: the GTV for the lesion features)"
+    return best, reasons
+
+
 def choose_series(
     series: pd.DataFrame,
     patient_ids: Iterable[str],
@@ -261,11 +282,15 @@ def _choose_for_patient(table, rows, patient, limits, overrides) -> None:
     reasons.update(pet_reasons)
     if pet_index is None:
         reasons[ct_index] += "; no usable PET: CT-only"
+    rtstruct_index, rtstruct_reasons = _choose_rtstruct(rows, table.loc[ct_index])
+    reasons.update(rtstruct_reasons)
     for index, reason in reasons.items():
         table.loc[index, "reason"] = reason
     table.loc[ct_index, "chosen"] = "CT"
     if pet_index is not None:
         table.loc[pet_index, "chosen"] = "PT"
+    if rtstruct_index is not None:
+        table.loc[rtstruct_index, "chosen"] = "RTSTRUCT"
 
 
 def read_overrides(path) -> dict[tuple[str, str], str]:
