@@ -76,6 +76,11 @@ def parse_args() -> argparse.Namespace:
         help="models also trained on ideal ROIs (bench/ideal_rois.py); none: skip (default: early)",
     )  # fmt: skip
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--mtime-only", action="store_true",
+        help="rerun a stage only for newer inputs, not for changed code or params: keeps a "
+        "workdir's preprocessing across an upgrade that changes the per-patient stages' params",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument(
         "--report-only", action="store_true", help="do not run Snakemake; report what is there"
@@ -120,7 +125,9 @@ def merged_config(configs: list[Path]) -> dict:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def run_pipeline(workdir: Path, configs: list[Path], config: dict, cores: int) -> float:
+def run_pipeline(
+    workdir: Path, configs: list[Path], config: dict, cores: int, *, mtime_only: bool = False
+) -> float:
     """Run Snakemake up to the metrics table; wall seconds. Its output goes to a log file.
 
     The cohort comes first, in a Snakemake run of its own: the workflow reads the patient list
@@ -130,14 +137,17 @@ def run_pipeline(workdir: Path, configs: list[Path], config: dict, cores: int) -
     start = time.perf_counter()
     if config["cohort"]["source"] == "synthetic":
         sheet = Path(config["synthetic"]["out_dir"]) / "clinical.tsv"
-        snakemake(workdir, configs, str(sheet), cores=cores, log_name="snakemake_synth.log")
-    snakemake(workdir, configs, f"{config['results']}/metrics/all.tsv", cores=cores)
+        snakemake(workdir, configs, str(sheet), cores=cores, log_name="snakemake_synth.log",
+                  mtime_only=mtime_only)  # fmt: skip
+    target = f"{config['results']}/metrics/all.tsv"
+    snakemake(workdir, configs, target, cores=cores, mtime_only=mtime_only)
     return time.perf_counter() - start
 
 
 def snakemake(
-    workdir: Path, configs: list[Path], target: str, *, cores: int, log_name: str = "snakemake.log"
-) -> None:
+    workdir: Path, configs: list[Path], target: str, *, cores: int, log_name: str = "snakemake.log",
+    mtime_only: bool = False,
+) -> None:  # fmt: skip
     cmd = [
         sys.executable, "-m", "snakemake",
         "--snakefile", str(SNAKEFILE),
@@ -146,6 +156,7 @@ def snakemake(
         "--cores", str(cores),
         "--rerun-incomplete",
         target,
+        *(["--rerun-triggers", "mtime"] if mtime_only else []),  # after the target: nargs +
     ]  # fmt: skip
     log_path = workdir / log_name
     print("running:", " ".join(cmd), f"> {log_path}", flush=True)
@@ -594,7 +605,7 @@ def main() -> int:
     config = load_config(str(merged_path))
     wall = None
     if not args.report_only:
-        wall = run_pipeline(workdir, configs, config, args.cores)
+        wall = run_pipeline(workdir, configs, config, args.cores, mtime_only=args.mtime_only)
         if args.ideal_models:
             train_on_ideal_rois(workdir, merged_path, config, args.ideal_models)
     results = workdir / config["results"]

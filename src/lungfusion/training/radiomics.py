@@ -67,7 +67,8 @@ def feature_columns(
         if missing:
             raise ValueError(
                 f"the semantic model needs {missing} in the radiomics table: keep location, "
-                "ctpet and semantic in radiomics.context"
+                "ctpet and semantic in radiomics.context, and if they are there, the table is "
+                "older than they are (snakemake --forcerun radiomics)"
             )
         columns = list(SEMANTIC_FEATURES)
     if "pet" not in modalities:
