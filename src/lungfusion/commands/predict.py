@@ -331,7 +331,7 @@ def predict_radiomics(
     if reads_pet and not has_pet:
         return {"skipped": "the model reads PET and this patient has none"}
     roi_settings, settings = config["roi"], radiomics_settings(config.get("radiomics"))
-    roi, _ = read_lesion_inputs(
+    roi = read_lesion_inputs(
         npz, register_dir=register_dir, segment_dir=lungs.parent, settings=settings,
         ct_window=roi_settings["ct_window"], suv_window=roi_settings["suv_window"],
     )  # fmt: skip

@@ -27,6 +27,7 @@ import pandas as pd
 from lungfusion.artifacts import atomic_path, read_json, write_json_atomic
 from lungfusion.errors import PatientInputError
 from lungfusion.imaging.radiomics import (
+    contour_path,
     lesion_features,
     mask_source,
     radiomics_settings,
@@ -100,15 +101,15 @@ def _patient_row(
     status = read_json(sidecar_path).get("status") if sidecar_path.is_file() else "missing"
     if status != "ok":
         return {"patient_id": pid, "status": "skipped", "has_pet": False}
+    patient_register = register_dir / pid if register_dir else None
     try:
-        roi, source = read_lesion_inputs(
-            npz, register_dir=register_dir / pid if register_dir else None,
+        roi = read_lesion_inputs(
+            npz, register_dir=patient_register,
             segment_dir=segment_dir / pid if segment_dir else None, settings=settings,
             ct_window=ct_window, suv_window=suv_window,
         )  # fmt: skip
     except (OSError, KeyError, ValueError, EOFError, RuntimeError) as error:
-        gtv = register_dir / pid / "gtv.nii.gz" if register_dir else None
-        path = gtv if gtv is not None and gtv.is_file() and settings["mask"] == "auto" else npz
+        path = contour_path(patient_register, settings) or npz
         return _failed(pid, f"cannot read the lesion's images: {error}", path)
     try:
         roi["lungs"] = read_lungs(lungs)

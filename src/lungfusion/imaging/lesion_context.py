@@ -12,8 +12,9 @@ PET hot spot sits against its CT's densest part, and the few descriptors a radio
   is the centroid of the lesion's densest 3% (HU smoothed by ``DENSE_SMOOTH_MM``, weighted by
   how far each voxel exceeds that cut); the PET hot spot is the SUV-weighted centroid of the
   lesion voxels at or above ``HOT_FRACTION`` of its SUVmax. Offsets are from the lesion's
-  centroid, in units of its equivalent-sphere radius: ``ctpet_dense_hot_distance``, ``ctpet_offset_cosine`` (+1: the hot spot lies on the
-  dense side; -1: opposite), ``ct_dense_offset`` and ``pet_hot_offset``.
+  centroid, in units of its equivalent-sphere radius: ``ctpet_dense_hot_distance``,
+  ``ctpet_offset_cosine`` (+1: the hot spot lies on the dense side; -1: opposite),
+  ``ct_dense_offset`` and ``pet_hot_offset``.
 - ``sem_*``: the semantic descriptors, on scales a linear model can use: ``sem_log_volume_ml``,
   ``sem_solid_fraction`` (the share of the lesion at or above ``SOLID_HU``: the solid
   proportion of a part-solid nodule), ``sem_cavity_fraction`` (air below ``CAVITY_HU`` inside

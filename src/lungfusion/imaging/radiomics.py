@@ -169,6 +169,12 @@ def read_roi(roi_path: Path, *, ct_window, suv_window) -> dict:
         }  # fmt: skip
 
 
+def contour_path(register_dir: Path | None, settings: Mapping) -> Path | None:
+    """The patient's registered GTV when it is the lesion (``radiomics.mask`` auto), else None."""
+    gtv = register_dir / "gtv.nii.gz" if register_dir else None
+    return gtv if settings["mask"] == "auto" and gtv is not None and gtv.is_file() else None
+
+
 def read_lesion_inputs(
     roi_path: Path,
     *,
@@ -177,15 +183,12 @@ def read_lesion_inputs(
     settings: Mapping,
     ct_window,
     suv_window,
-) -> tuple[dict, Path]:
-    """:func:`lesion_features`' keyword arguments but ``settings`` and ``lungs``, and the file
-    they came from: the GTV box (:func:`read_gtv_box`) where ``register_dir`` holds a GTV and
-    ``radiomics.mask`` is auto, else the ROI file."""
-    gtv = register_dir / "gtv.nii.gz" if register_dir else None
-    if settings["mask"] == "auto" and gtv is not None and gtv.is_file():
-        box = read_gtv_box(register_dir, segment_dir, margin_mm=settings["gtv_margin_mm"])
-        return box, gtv
-    return read_roi(roi_path, ct_window=ct_window, suv_window=suv_window), roi_path
+) -> dict:
+    """:func:`lesion_features`' keyword arguments but ``settings`` and ``lungs``: from the GTV
+    box (:func:`read_gtv_box`) where :func:`contour_path` finds one, else from the ROI file."""
+    if contour_path(register_dir, settings) is not None:
+        return read_gtv_box(register_dir, segment_dir, margin_mm=settings["gtv_margin_mm"])
+    return read_roi(roi_path, ct_window=ct_window, suv_window=suv_window)
 
 
 def read_gtv_box(register_dir: Path, segment_dir: Path | None, *, margin_mm: float) -> dict:
