@@ -22,6 +22,7 @@ from lungfusion.ingest.index import index_tree, orientation_label
 from lungfusion.ingest.select import choose_series, ct_problem, pet_problem
 
 LUNG1 = "dicom/nsclc-radiomics-LUNG1-001/ct"
+CHOICE = {"ct_slice_thickness_mm": (0.5, 5.0), "study_choice": "paired"}  # the schema's defaults
 STS = "dicom/sts-001"
 
 
@@ -125,7 +126,7 @@ def test_index_groups_series_and_skips_non_dicom(indexed, tree):
 
 def test_selection_reasons(indexed):
     rows, _, _ = indexed
-    table = choose_series(pd.DataFrame(rows), ["PA", "PB", "PC", "PD", "PE"])
+    table = choose_series(pd.DataFrame(rows), ["PA", "PB", "PC", "PD", "PE"], **CHOICE)
     by = {
         (r.patient_id, r.series_description, r.n_images, r.slice_thickness_mm): r
         for r in table.itertuples()
@@ -157,7 +158,7 @@ def test_override_wins(indexed):
     rows, _, _ = indexed
     series = pd.DataFrame(rows)
     thick = series[(series.patient_id == "PA") & (series.slice_thickness_mm == 10.0)].iloc[0]
-    table = choose_series(series, ["PA"], overrides={("PA", "CT"): thick.series_uid})
+    table = choose_series(series, ["PA"], **CHOICE, overrides={("PA", "CT"): thick.series_uid})
     chosen = table[table.chosen == "CT"].iloc[0]
     assert chosen.series_uid == thick.series_uid and "override" in chosen.reason
 
@@ -264,7 +265,7 @@ def test_index_and_ingest_commands(tree, tmp_path, repo_dir):
 def test_build_series_table_matches_patients_by_folder(tree, tmp_path):
     """A sheet ID equal to a folder name is matched even when PatientID differs."""
     out = tmp_path / "series.tsv"
-    table = build_series_table(tree["root"] / "A", ["study"], out)
+    table = build_series_table(tree["root"] / "A", ["study"], out, **CHOICE)
     assert (table[table.patient_id == "study"].chosen == "CT").sum() == 1
 
 
@@ -272,13 +273,15 @@ def test_synthetic_cohort_decoys(tmp_path, repo_dir):
     """On the synthetic cohort the index picks the generator's true CT and PET among decoys."""
     synth = pytest.importorskip("lungfusion.synth")
     try:
-        synth.generate_cohort(tmp_path / "synthetic", preset="tiny", n_patients=3, seed=7)
+        synth.generate_cohort(
+            tmp_path / "synthetic", preset="tiny", n_patients=3, seed=7, fraction_with_prior_study=0.5
+        )
     except (AttributeError, NotImplementedError) as error:  # generator still being written
         pytest.skip(f"lungfusion.synth.generate_cohort not usable: {error}")
     root = tmp_path / "synthetic"
     sheet = pd.read_csv(root / "clinical.tsv", sep="\t", dtype=str)
     out = tmp_path / "results" / "series.tsv"
-    table = build_series_table(root / "dicom", sheet.patient_id.tolist(), out)
+    table = build_series_table(root / "dicom", sheet.patient_id.tolist(), out, **CHOICE)
     for patient in sheet.patient_id:
         truth = json.loads((root / "ground_truth" / patient / "latents.json").read_text())
         uids = truth["series_uids"]
@@ -286,6 +289,11 @@ def test_synthetic_cohort_decoys(tmp_path, repo_dir):
         assert rows[rows.chosen == "CT"].series_uid.tolist() == [uids["ct"]]
         expected_pet = [uids["pet"]] if truth.get("has_pet", "pet" in uids) else []
         assert rows[rows.chosen == "PT"].series_uid.tolist() == expected_pet
+        if "prior_ct" in uids:  # the earlier CT-only study's CT covers more, yet is set aside
+            prior = rows.set_index("series_uid").loc[uids["prior_ct"]]
+            assert prior.chosen == "" and "another study's CT has a PET" in prior.reason
+    assert sum("prior_ct" in json.loads(p.read_text())["series_uids"]
+               for p in (root / "ground_truth").glob("*/latents.json")) == 2  # fmt: skip
     first = sheet.patient_id.iloc[0]
     config = ["--config", str(repo_dir / "config.yaml")]
     assert (

@@ -59,6 +59,19 @@ def test_every_stage_leaves_its_artifacts(tiny_run):
         assert (tiny_run / "roi" / f"{pid}.png").stat().st_size > 0
 
 
+def test_patients_with_an_earlier_ct_only_study_keep_their_pet(tiny_run):
+    truth_dir = tiny_run.parent / "resources/synthetic/ground_truth"
+    with_prior = json.loads((truth_dir / "cohort.json").read_text())["with_prior_ct_study"]
+    assert len(with_prior) == 2  # fraction_with_prior_study 0.25 of 8
+    series = pd.read_csv(tiny_run / "ingest/series.tsv", sep="\t", dtype=str)
+    for pid in with_prior:
+        uids = json.loads((truth_dir / pid / "latents.json").read_text())["series_uids"]
+        chosen = series[series.patient_id == pid].set_index("series_uid").chosen
+        assert chosen[uids["ct"]] == "CT" and chosen[uids["pet"]] == "PT"
+        assert pd.isna(chosen[uids["prior_ct"]])
+        assert json.loads((tiny_run / "ingest" / pid / "ingest.json").read_text())["has_pet"]
+
+
 def test_patients_without_pet_are_ct_only(tiny_run):
     truth = pd.read_csv(tiny_run.parent / "resources/synthetic/ground_truth/latents.tsv", sep="\t")
     for pid in truth.patient_id:

@@ -54,7 +54,8 @@ def build_series_table(
     patient_ids: list[str],
     out: str | Path,
     *,
-    ct_slice_thickness_mm=(0.5, 5.0),
+    ct_slice_thickness_mm,
+    study_choice: str,
     overrides: dict | None = None,
 ) -> pd.DataFrame:
     """Index ``dicom_root``, choose the series, write the file lists and ``out``; return it."""
@@ -68,7 +69,11 @@ def build_series_table(
     series = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
     series = match_patients(series, patient_ids)
     table = choose_series(
-        series, patient_ids, ct_slice_thickness_mm=tuple(ct_slice_thickness_mm), overrides=overrides
+        series,
+        patient_ids,
+        ct_slice_thickness_mm=tuple(ct_slice_thickness_mm),
+        study_choice=study_choice,
+        overrides=overrides,
     )
     for column in ("n_images", "n_frames", "rows", "columns", "samples_per_pixel"):
         table[column] = pd.to_numeric(table[column]).astype("Int64")  # no "134.0" beside blanks
@@ -119,7 +124,8 @@ def run(args: argparse.Namespace, config: dict) -> int:
         dicom_root,
         _patient_ids(sheet_path, cohort),
         args.out,
-        ct_slice_thickness_mm=ingest.get("ct_slice_thickness_mm", (0.5, 5.0)),
+        ct_slice_thickness_mm=ingest["ct_slice_thickness_mm"],
+        study_choice=ingest["study_choice"],
         overrides=overrides,
     )
     n_ct = int((table["chosen"] == "CT").sum())

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------ imaging
 
 
-def index_patient(dicom_dir: Path, work_dir: Path, patient: str, *, ct_slice_thickness_mm) -> Path:
+def index_patient(dicom_dir: Path, work_dir: Path, patient: str, *, ingest: dict) -> Path:
     """Index the folder as ONE patient, choose its CT and PET, write ``series.tsv`` as `index`."""
     from lungfusion.commands.index import write_file_lists
     from lungfusion.ingest.index import SERIES_COLUMNS, index_tree
@@ -80,7 +80,12 @@ def index_patient(dicom_dir: Path, work_dir: Path, patient: str, *, ct_slice_thi
             patient=patient,
         )
     series["patient_id"] = patient
-    table = choose_series(series, [patient], ct_slice_thickness_mm=tuple(ct_slice_thickness_mm))
+    table = choose_series(
+        series,
+        [patient],
+        ct_slice_thickness_mm=tuple(ingest["ct_slice_thickness_mm"]),
+        study_choice=ingest["study_choice"],
+    )
     out = work_dir / "ingest" / "series.tsv"
     write_file_lists(table, files, out.parent)
     with atomic_path(out) as tmp:
@@ -100,10 +105,7 @@ def prepare_roi(dicom_dir: Path, work_dir: Path, config: dict, patient: str) -> 
     for folder in dirs.values():
         folder.mkdir(parents=True, exist_ok=True)
     with timer("index"):
-        series = index_patient(
-            dicom_dir, work_dir, patient,
-            ct_slice_thickness_mm=config["ingest"].get("ct_slice_thickness_mm", (0.5, 5.0)),
-        )  # fmt: skip
+        series = index_patient(dicom_dir, work_dir, patient, ingest=config["ingest"])
     with timer("ingest"):
         ingested = ingest_patient(patient, series, dirs["ingest"], config["ingest"])
     with timer("register"):

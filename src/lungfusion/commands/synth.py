@@ -28,6 +28,7 @@ def run(args: argparse.Namespace, config: dict) -> int:
         seed=section["seed"],
         class_prior=section["class_prior"],
         fraction_without_pet=section["fraction_without_pet"],
+        fraction_with_prior_study=section["fraction_with_prior_study"],
         workers=args.workers,
     )
     log.info("synthetic cohort written: %s", json.dumps(summary))

@@ -23,6 +23,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
+from pydicom.uid import generate_uid
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def walk_headers(root: str | Path) -> tuple[list[FileHeader], list[tuple[str, st
             media_class = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
             if media_class == DICOMDIR_CLASS:
                 continue
-            if "SeriesInstanceUID" not in ds:  # every DICOM object has one: cut short?
+            if "SeriesInstanceUID" not in ds and "Rows" not in ds:  # cut short in its header
                 unreadable.append((path, "no SeriesInstanceUID (truncated file?)"))
                 continue
             headers.append(FileHeader(path, ds))
@@ -140,6 +141,42 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str:
     if isinstance(value, pydicom.multival.MultiValue | list | tuple):
         return "\\".join(str(v).strip() for v in value)
     return str(value).strip()
+
+
+def _uid(ds: pydicom.Dataset, keyword: str) -> str:
+    """A UID of the dataset, or, where an anonymiser blanked it there, of the file meta."""
+    meta = {"SOPClassUID": "MediaStorageSOPClassUID", "SOPInstanceUID": "MediaStorageSOPInstanceUID"}
+    value = _text(ds, keyword)
+    if not value and keyword in meta:
+        value = str(getattr(getattr(ds, "file_meta", None), meta[keyword], "") or "").strip()
+    return value
+
+
+def series_key(header: FileHeader, root: Path) -> tuple[str, str]:
+    """The file's series UID, and a warning when it is a stand-in.
+
+    A blank SeriesInstanceUID (some anonymisers drop it) is replaced by a UID derived from the
+    frame of reference, orientation, pixel spacing and folder, so a series split only by its
+    UID is still read whole and apart from the other series of its folder.
+    """
+    ds = header.ds
+    uid = _text(ds, "SeriesInstanceUID")
+    if uid:
+        return uid, ""
+    orientation = _floats(_plane(ds, "ImageOrientationPatient", "PlaneOrientationSequence") or [])
+    spacing = _floats(_plane(ds, "PixelSpacing", "PixelMeasuresSequence") or [])
+    parts = (
+        _text(ds, "FrameOfReferenceUID"),
+        str(np.round(orientation, 3).tolist() if orientation is not None else ""),
+        str(np.round(spacing, 4).tolist() if spacing is not None else ""),
+        os.path.relpath(os.path.dirname(header.path), root),
+        _text(ds, "Modality"),
+    )
+    warning = (
+        "SeriesInstanceUID (0020,000E) blank: files grouped by frame of reference, orientation, "
+        "pixel spacing and folder under a stand-in UID"
+    )
+    return generate_uid(entropy_srcs=["lungfusion-blank-series", *parts]), warning
 
 
 def _floats(value) -> np.ndarray | None:
@@ -190,8 +227,13 @@ def _geometry_key(ds: pydicom.Dataset) -> tuple:
     return (ds.get("Rows"), ds.get("Columns"), rounded)
 
 
-def summarise_series(files: list[FileHeader], root: Path) -> tuple[dict, list[str]]:
-    """One series row and its file list (the files of the majority geometry)."""
+def summarise_series(
+    files: list[FileHeader], root: Path, *, series_uid: str | None = None, warning: str = ""
+) -> tuple[dict, list[str]]:
+    """One series row and its file list (the files of the majority geometry).
+
+    ``series_uid`` names a series whose files carry no UID (see :func:`series_key`); ``warning``
+    says so in the row's ``note``."""
     keys = [_geometry_key(f.ds) for f in files]
     majority, _ = Counter(keys).most_common(1)[0]
     kept = [f for f, key in zip(files, keys, strict=True) if key == majority]
@@ -210,13 +252,16 @@ def summarise_series(files: list[FileHeader], root: Path) -> tuple[dict, list[st
         along = np.array([p @ normal for p in positions])
         coverage = float(along.max() - along.min()) + (thickness_mm or 0.0)
     folders = sorted({os.path.relpath(os.path.dirname(f.path), root) for f in kept})
+    notes = [warning, f"{left_out} file(s) with other geometry left out" if left_out else ""]
+    if not _text(first, "SOPClassUID") and _uid(first, "SOPClassUID"):
+        notes.append("SOPClassUID (0008,0016) blank: the file meta's MediaStorageSOPClassUID used")
     n_frames = sum(int(f.ds.get("NumberOfFrames", 1) or 1) for f in kept)
     row = {
         "patient_id": _text(first, "PatientID"),
         "study_uid": _text(first, "StudyInstanceUID"),
-        "series_uid": _text(first, "SeriesInstanceUID"),
+        "series_uid": series_uid or _text(first, "SeriesInstanceUID"),
         "modality": _text(first, "Modality"),
-        "sop_class": _text(first, "SOPClassUID"),
+        "sop_class": _uid(first, "SOPClassUID"),
         "image_type": _text(first, "ImageType"),
         "series_description": _text(first, "SeriesDescription"),
         "n_images": len(kept),
@@ -236,7 +281,7 @@ def summarise_series(files: list[FileHeader], root: Path) -> tuple[dict, list[st
         "series_date": _text(first, "SeriesDate") or _text(first, "StudyDate"),
         "series_time": _text(first, "SeriesTime") or _text(first, "AcquisitionTime"),
         "folder": ";".join(folders),
-        "note": f"{left_out} file(s) with other geometry left out" if left_out else "",
+        "note": "; ".join(note for note in notes if note),
     }
     return row, sorted(f.path for f in kept)
 
@@ -246,11 +291,17 @@ def index_tree(root: str | Path) -> tuple[list[dict], dict[str, list[str]], list
     root = Path(root).resolve()
     headers, unreadable = walk_headers(root)
     by_series: dict[str, list[FileHeader]] = defaultdict(list)
+    warnings: dict[str, str] = {}
     for header in headers:
-        by_series[str(header.ds.SeriesInstanceUID)].append(header)
+        uid, warning = series_key(header, root)
+        by_series[uid].append(header)
+        if warning:
+            warnings[uid] = warning
     rows, files = [], {}
     for series_uid in sorted(by_series):
-        row, paths = summarise_series(by_series[series_uid], root)
+        row, paths = summarise_series(
+            by_series[series_uid], root, series_uid=series_uid, warning=warnings.get(series_uid, "")
+        )
         rows.append(row)
         files[series_uid] = paths
     return rows, files, unreadable

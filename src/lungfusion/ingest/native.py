@@ -81,11 +81,12 @@ def read_native_header(fp) -> NativeHeader | None:
 def _parse(data: bytes) -> NativeHeader:
     if data[128:132] != b"DICM":
         raise _Unusual
-    pos, syntax = _file_meta(data, 132)
+    pos, meta = _file_meta(data, 132)
+    syntax = meta.get("TransferSyntaxUID", "")
     if syntax not in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
         raise _Unusual
     explicit = syntax == EXPLICIT_VR_LE
-    values: dict = {}
+    values: dict = {k: v for k, v in meta.items() if k == "MediaStorageSOPInstanceUID"}
     while True:
         tag, vr, length, pos = _element(data, pos, explicit)
         if tag == PIXEL_DATA:
@@ -107,19 +108,23 @@ def _parse(data: bytes) -> NativeHeader:
         pos += length
 
 
-def _file_meta(data: bytes, pos: int) -> tuple[int, str]:
-    """Group 0002 (always explicit VR little endian); the position after it and the syntax."""
-    syntax = ""
+_META = {0x00020003: "MediaStorageSOPInstanceUID", 0x00020010: "TransferSyntaxUID"}
+
+
+def _file_meta(data: bytes, pos: int) -> tuple[int, dict[str, str]]:
+    """Group 0002 (always explicit VR little endian); the position after it and the UIDs of
+    :data:`_META` (the transfer syntax; the instance UID, for files whose dataset lacks it)."""
+    meta = {}
     while pos + 4 <= len(data) and struct.unpack_from("<H", data, pos)[0] == 0x0002:
         tag, _, length, pos = _element(data, pos, explicit=True)
         if length == _UNDEFINED:
             raise _Unusual
-        if tag == 0x00020010:
-            syntax = data[pos : pos + length].decode("ascii").strip("\x00 ")
+        if tag in _META:
+            meta[_META[tag]] = data[pos : pos + length].decode("ascii").strip("\x00 ")
         pos += length
     if pos + 4 > len(data):
         raise _NeedMore
-    return pos, syntax
+    return pos, meta
 
 
 def _element(data: bytes, pos: int, explicit: bool) -> tuple[int, bytes, int, int]:

@@ -5,6 +5,10 @@
   first (a non-axial series is chosen only when no axial one qualifies), then the best coverage
   (within 20 mm or 10% of the best counts as equal), then the thinnest slices, then the most
   images.
+- Several studies: ``study_choice`` first narrows the CTs to one study's. ``paired`` (the
+  default) keeps the CTs that have an attenuation-corrected PET in their frame of reference,
+  else in their study, so a PET/CT study wins over an earlier CT-only one; ``latest`` and
+  ``earliest`` keep the CTs of the study scanned last or first.
 - PET: an attenuation-corrected PET image series (``CorrectedImage`` has ATTN) in BQML, CNTS or
   GML, in the chosen CT's frame of reference or study (frame of reference first), closest in
   time to the CT.
@@ -40,6 +44,7 @@ PET_CLASSES = {
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 PET_UNITS = ("BQML", "CNTS", "GML")
 FUSED_WORDS = ("FUSED", "FUSION")
+STUDY_CHOICES = ("paired", "latest", "earliest")
 
 
 def _text(value) -> str:
@@ -113,10 +118,53 @@ def _when(row: Mapping) -> dt.datetime | None:
         return None
 
 
-def _choose_ct(rows: pd.DataFrame, limits) -> tuple[int | None, dict[int, str]]:
+def _pairing(ct: Mapping, pets: list[Mapping]) -> int:
+    """2: a usable PET shares the CT's frame of reference; 1: only its study; 0: neither."""
+    frame, study = _text(ct.get("frame_of_reference")), _text(ct.get("study_uid"))
+    same_frame = any(frame and _text(pet.get("frame_of_reference")) == frame for pet in pets)
+    same_study = any(study and _text(pet.get("study_uid")) == study for pet in pets)
+    return 2 if same_frame else 1 if same_study else 0
+
+
+PAIRING_WORDS = {2: "a PET in its frame of reference", 1: "a PET in its study", 0: "no PET"}
+
+
+def _study_preference(rows: pd.DataFrame, limits, study_choice: str) -> tuple[dict[int, str], str]:
+    """Usable CTs set aside by ``study_choice`` (index -> reason) and what the kept ones share.
+
+    ``paired`` keeps the CTs with the best PET partner, so an earlier CT-only study never takes a
+    PET/CT patient's PET away; ``latest`` and ``earliest`` keep the CTs of one study by date.
+    """
+    cts = {i: row for i, row in rows.iterrows() if ct_problem(row, limits) is None}
+    if len({_text(row.get("study_uid")) for row in cts.values()}) < 2:
+        return {}, ""
+    if study_choice == "paired":
+        pets = [row for _, row in rows.iterrows() if pet_problem(row) is None]
+        score = {i: _pairing(row, pets) for i, row in cts.items()}
+        best = max(score.values())
+        return {
+            i: f"usable CT, but another study's CT has {PAIRING_WORDS[best]} (this one: "
+            f"{PAIRING_WORDS[score[i]]})"
+            for i in cts
+            if score[i] < best
+        }, f"the study with {PAIRING_WORDS[best]}"
+    when = {i: _when(row) or dt.datetime.min for i, row in cts.items()}
+    pick = max if study_choice == "latest" else min
+    study = _text(cts[pick(when, key=when.get)].get("study_uid"))
+    return {
+        i: f"usable CT, but not in the {study_choice} study (ingest.study_choice)"
+        for i, row in cts.items()
+        if _text(row.get("study_uid")) != study
+    }, f"the {study_choice} study"
+
+
+def _choose_ct(
+    rows: pd.DataFrame, limits, set_aside: Mapping[int, str] | None = None
+) -> tuple[int | None, dict[int, str]]:
     reasons, usable = {}, []
+    set_aside = set_aside or {}
     for index, row in rows.iterrows():
-        problem = ct_problem(row, limits)
+        problem = ct_problem(row, limits) or set_aside.get(index)
         if problem:
             reasons[index] = problem
         else:
@@ -198,15 +246,19 @@ def choose_series(
     series: pd.DataFrame,
     patient_ids: Iterable[str],
     *,
-    ct_slice_thickness_mm: tuple[float, float] = (0.5, 5.0),
+    ct_slice_thickness_mm: tuple[float, float],
+    study_choice: str,
     overrides: Mapping[tuple[str, str], str] | None = None,
 ) -> pd.DataFrame:
     """Add ``chosen`` and ``reason`` to the index rows; add a row for patients without DICOM.
 
     ``series`` has the columns of :data:`lungfusion.ingest.index.SERIES_COLUMNS`; patients are
     matched on ``patient_id``. Series of patients not in ``patient_ids`` are kept, unchosen.
-    ``overrides`` maps (patient_id, "CT" or "PT") to a series UID.
+    ``study_choice`` (``paired``, ``latest``, ``earliest``) decides between the CTs of several
+    studies before the CT rules do. ``overrides`` maps (patient_id, "CT" or "PT") to a series UID.
     """
+    if study_choice not in STUDY_CHOICES:
+        raise ValueError(f"study_choice must be one of {STUDY_CHOICES}, not {study_choice!r}")
     low, high = ct_slice_thickness_mm
     if not 0 < low <= high:
         raise ValueError(
@@ -223,7 +275,7 @@ def choose_series(
         if rows.empty:
             missing_rows.append({"patient_id": patient, "chosen": "", "reason": "no DICOM found"})
             continue
-        _choose_for_patient(table, rows, patient, (low, high), overrides)
+        _choose_for_patient(table, rows, patient, (low, high), study_choice, overrides)
     others = ~table["patient_id"].astype(str).isin(wanted)
     table.loc[others, "reason"] = "patient not in the sample sheet"
     if missing_rows:
@@ -259,8 +311,11 @@ def _override(rows: pd.DataFrame, patient: str, modality: str, overrides) -> int
     return int(match[0]) if len(match) else None
 
 
-def _choose_for_patient(table, rows, patient, limits, overrides) -> None:
-    ct_index, reasons = _choose_ct(rows, limits)
+def _choose_for_patient(table, rows, patient, limits, study_choice, overrides) -> None:
+    set_aside, kept = _study_preference(rows, limits, study_choice)
+    ct_index, reasons = _choose_ct(rows, limits, set_aside)
+    if set_aside and ct_index is not None:
+        reasons[ct_index] += f" (ingest.study_choice {study_choice}: {kept})"
     forced_ct = _override(rows, patient, "CT", overrides)
     if forced_ct is not None:
         if ct_index is not None and ct_index != forced_ct:

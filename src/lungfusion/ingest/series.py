@@ -254,7 +254,8 @@ def _file_slices(path: str, where: _Where, buffer: _SliceBuffer) -> tuple[list[S
         pixels = _decode(ds, path, where)
         del ds.PixelData  # decoded already; keep only the header
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    sop_uid = str(ds.get("SOPInstanceUID", ""))
+    # Some anonymisers blank the dataset's UID and keep the file meta's.
+    sop_uid = str(ds.get("SOPInstanceUID") or getattr(ds.file_meta, "MediaStorageSOPInstanceUID", ""))
     slices = []
     if n_frames == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
         spacing = _floats(ds.get("PixelSpacing"), 2, where, path, "PixelSpacing (0028,0030)")
@@ -344,7 +345,7 @@ def _native_slice(path: str, buffer: _SliceBuffer) -> Slice | None:
     return Slice(
         file=path,
         frame=None,
-        sop_uid=tags.get("SOPInstanceUID", ""),
+        sop_uid=tags.get("SOPInstanceUID") or tags.get("MediaStorageSOPInstanceUID", ""),
         position=np.asarray(tags["ImagePositionPatient"], dtype=float),
         row_dir=orientation[:3],
         col_dir=orientation[3:],

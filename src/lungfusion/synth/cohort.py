@@ -19,7 +19,7 @@ import logging
 import math
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,9 @@ from lungfusion.synth.presets import Preset, get_preset
 
 log = logging.getLogger(__name__)
 
+# The prior study's CT reaches this much further down: more than the index counts as equal
+# coverage, so only the study choice keeps the PET/CT study's CT.
+PRIOR_STUDY_EXTRA_MM = 30.0
 CLINICAL_COLUMNS = (
     "patient_id",
     "label",
@@ -229,6 +232,38 @@ def _series_folder(number: int, description: str, rng: np.random.Generator) -> s
     return f"{number}.000000-{description}-{int(rng.integers(10000, 99999)):05d}"
 
 
+def _write_prior_ct_study(
+    out_dir: Path, study: dw.StudyInfo, hu: np.ndarray, grid: Grid, *, uid, seed, series_uids
+) -> dict:
+    """An earlier CT-only study, as collections often hold beside the PET/CT: its own study,
+    frame of reference and date, and a CT reaching further down (a chest-abdomen scan), so the
+    CT rules alone would prefer it to the PET/CT study's CT."""
+    # its own stream, so the rest of the patient is drawn as without it
+    rng = np.random.default_rng([seed[0], sum(map(ord, seed[1])), 7919])
+    day = dt.datetime.strptime(study.study_date, "%Y%m%d").date()
+    day -= dt.timedelta(days=int(rng.integers(30, 400)))
+    prior = replace(
+        study,
+        study_uid=uid("prior", "study"),
+        frame_of_reference_uid=uid("prior", "frame"),
+        study_date=day.strftime("%Y%m%d"),
+        study_description="CT CHEST ABDOMEN",
+        accession=f"{int(rng.integers(10**7, 10**8))}",
+    )
+    extra = int(np.ceil(PRIOR_STUDY_EXTRA_MM / grid.spacing[2]))
+    longer = np.pad(hu, ((extra, 0), (0, 0), (0, 0)), mode="edge")
+    origin = (grid.origin[0], grid.origin[1], grid.origin[2] - extra * grid.spacing[2])
+    parts = (*seed, "prior_ct")
+    info = dw.SeriesInfo(uid("prior", "ct", "series"), 2, "CT CHEST ABD", prior.study_time, parts)
+    folder = (
+        out_dir / "dicom" / study.patient_id / f"{day.strftime('%m-%d-%Y')}-NA-CTCHESTABDOMEN-"
+        f"{int(rng.integers(10000, 99999)):05d}" / _series_folder(2, info.description, rng)
+    )
+    dw.write_ct_series(folder, longer, study=prior, series=info, origin=origin, spacing=grid.spacing)
+    series_uids["prior_ct"] = info.series_uid
+    return {"study_uid": prior.study_uid, "study_date": prior.study_date}
+
+
 def _write_nifti(array: np.ndarray, grid: Grid, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(grid.image(array), str(path), useCompression=True)
@@ -284,8 +319,11 @@ def generate_patient(
     has_pet: bool,
     preset: Preset,
     seed: int,
+    prior_study: bool = False,
 ) -> dict:
-    """Write one patient's study and ground truth; return its latents (and what was written)."""
+    """Write one patient's study and ground truth; return its latents (and what was written).
+
+    ``prior_study`` adds an earlier CT-only study (see :func:`_write_prior_ct_study`)."""
     rngs = _rngs(seed, number)
     latents, anatomy, ct_grid = _phenotype_and_anatomy(rngs, label, preset)
     labels = anat.render_labels(
@@ -368,6 +406,10 @@ def generate_patient(
     _write_nifti(tumour, ct_grid, truth / "tumour.nii.gz")
 
     record: dict = {"patient_id": patient_id, "has_pet": has_pet, "second_ct_recon": second_recon}
+    if prior_study:
+        record["prior_study"] = _write_prior_ct_study(
+            out_dir, study, hu, ct_grid, uid=uid, seed=(seed, patient_id), series_uids=series_uids
+        )
     tumour_phys = anatomy.centre + preset.scale * anatomy.tumour.centre
     record["tumour"] = {
         "centre_mm": tumour_phys.tolist(),
@@ -530,6 +572,7 @@ def generate_cohort(
     seed: int = 20261123,
     class_prior: dict[str, float] | None = None,
     fraction_without_pet: float = 0.1,
+    fraction_with_prior_study: float = 0.0,
     workers: int = 1,
 ) -> dict:
     """Write the synthetic cohort under ``out_dir`` and return a summary.
@@ -542,8 +585,12 @@ def generate_cohort(
     chosen = get_preset(preset)
     if not isinstance(n_patients, int) or n_patients < 1:
         raise ValueError(f"n_patients must be a positive integer, got {n_patients!r}")
-    if not 0.0 <= fraction_without_pet <= 1.0:
-        raise ValueError(f"fraction_without_pet must be in [0, 1], got {fraction_without_pet}")
+    for name, fraction in (
+        ("fraction_without_pet", fraction_without_pet),
+        ("fraction_with_prior_study", fraction_with_prior_study),
+    ):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {fraction}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     prior = _normalised_prior(class_prior or {"ADC": 0.76, "SQC": 0.24})
@@ -557,6 +604,9 @@ def generate_cohort(
     labels = _assign_labels(draws, n_patients, prior)
     n_without = int(round(fraction_without_pet * n_patients))
     without_pet = set(draws.permutation(n_patients)[:n_without].tolist())
+    with_pet = [i for i in range(n_patients) if i not in without_pet]
+    n_prior = int(round(fraction_with_prior_study * n_patients))
+    prior_study = set(draws.permutation(with_pet)[:n_prior].tolist()) if n_prior else set()
     jobs = [
         {
             "out_dir": out_dir,
@@ -566,6 +616,7 @@ def generate_cohort(
             "has_pet": i not in without_pet,
             "preset": chosen,
             "seed": seed,
+            "prior_study": i in prior_study,
         }
         for i, pid in enumerate(pids)
     ]
@@ -590,6 +641,7 @@ def generate_cohort(
         "class_prior": prior,
         "class_counts": {c: labels.count(c) for c in prior},
         "without_pet": sorted(pids[i] for i in without_pet),
+        "with_prior_ct_study": sorted(pids[i] for i in prior_study),
         "oracle_auc": oracle["auc"],
     }
     write_json_atomic(out_dir / "ground_truth" / "cohort.json", summary)
