@@ -274,7 +274,11 @@ def test_synthetic_cohort_decoys(tmp_path, repo_dir):
     synth = pytest.importorskip("lungfusion.synth")
     try:
         synth.generate_cohort(
-            tmp_path / "synthetic", preset="tiny", n_patients=3, seed=7, fraction_with_prior_study=0.5
+            tmp_path / "synthetic",
+            preset="tiny",
+            n_patients=3,
+            seed=7,
+            fraction_with_prior_study=0.5,
         )
     except (AttributeError, NotImplementedError) as error:  # generator still being written
         pytest.skip(f"lungfusion.synth.generate_cohort not usable: {error}")

@@ -133,7 +133,15 @@ def _index_and_ingest(root, out_dir, repo_dir):
     series = out_dir / "series.tsv"
     index = ["index", "--dicom-root", str(root), "--sample-sheet", str(sheet), "--out", str(series)]
     assert cli_main([*config, *index]) == 0
-    ingest = ["ingest", "--patient", "PX", "--series", str(series), "--out-dir", str(out_dir / "PX")]
+    ingest = [
+        "ingest",
+        "--patient",
+        "PX",
+        "--series",
+        str(series),
+        "--out-dir",
+        str(out_dir / "PX"),
+    ]
     assert cli_main([*config, *ingest]) == 0
     return out_dir / "PX"
 

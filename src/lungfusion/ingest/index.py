@@ -145,7 +145,10 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str:
 
 def _uid(ds: pydicom.Dataset, keyword: str) -> str:
     """A UID of the dataset, or, where an anonymiser blanked it there, of the file meta."""
-    meta = {"SOPClassUID": "MediaStorageSOPClassUID", "SOPInstanceUID": "MediaStorageSOPInstanceUID"}
+    meta = {
+        "SOPClassUID": "MediaStorageSOPClassUID",
+        "SOPInstanceUID": "MediaStorageSOPInstanceUID",
+    }
     value = _text(ds, keyword)
     if not value and keyword in meta:
         value = str(getattr(getattr(ds, "file_meta", None), meta[keyword], "") or "").strip()

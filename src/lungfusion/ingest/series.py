@@ -255,7 +255,9 @@ def _file_slices(path: str, where: _Where, buffer: _SliceBuffer) -> tuple[list[S
         del ds.PixelData  # decoded already; keep only the header
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     # Some anonymisers blank the dataset's UID and keep the file meta's.
-    sop_uid = str(ds.get("SOPInstanceUID") or getattr(ds.file_meta, "MediaStorageSOPInstanceUID", ""))
+    sop_uid = str(
+        ds.get("SOPInstanceUID") or getattr(ds.file_meta, "MediaStorageSOPInstanceUID", "")
+    )
     slices = []
     if n_frames == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
         spacing = _floats(ds.get("PixelSpacing"), 2, where, path, "PixelSpacing (0028,0030)")

@@ -259,7 +259,9 @@ def _write_prior_ct_study(
         out_dir / "dicom" / study.patient_id / f"{day.strftime('%m-%d-%Y')}-NA-CTCHESTABDOMEN-"
         f"{int(rng.integers(10000, 99999)):05d}" / _series_folder(2, info.description, rng)
     )
-    dw.write_ct_series(folder, longer, study=prior, series=info, origin=origin, spacing=grid.spacing)
+    dw.write_ct_series(
+        folder, longer, study=prior, series=info, origin=origin, spacing=grid.spacing
+    )
     series_uids["prior_ct"] = info.series_uid
     return {"study_uid": prior.study_uid, "study_date": prior.study_date}
 
