@@ -255,6 +255,8 @@ def test_index_and_ingest_commands(tree, tmp_path, repo_dir):
     assert "no usable CT" in status["PC"]["error"]["message"]
     assert status["PD"]["error"]["tag"].startswith("PatientWeight")
     assert status["PD"]["error"]["file"] and status["PD"]["error"]["series"]
+    # The CT read fine before the PET failed: a failed patient keeps its sidecar and no image.
+    assert [p.name for p in (out.parent / "PD").iterdir()] == ["ingest.json"]
     assert status["PE"]["error"]["message"].endswith("no DICOM found")
     # No names or birth dates in the outputs.
     text = out.read_text() + (out.parent / "PB" / "ingest.json").read_text()

@@ -12,6 +12,7 @@ from lungfusion.evaluation.metrics import (
     auroc,
     binary_metrics,
     classification_metrics,
+    gmean_threshold,
     multiclass_metrics,
     youden_threshold,
 )
@@ -84,6 +85,40 @@ def test_multiclass_one_vs_rest_and_macro_match_sklearn():
 def test_youden_threshold_by_hand():
     # cut 0.6 calls 0.9, 0.8, 0.6 and 0.7 positive: sens 3/4, spec 5/6, J 0.583 (the best)
     assert youden_threshold(Y, P) == pytest.approx(0.6)
+
+
+def test_gmean_threshold_by_hand_and_by_brute_force():
+    # cut 0.6: sens 3/4, spec 5/6, G-mean 0.791; the next best (0.8, 0.55, 0.3) reach 0.707
+    assert gmean_threshold(Y, P) == pytest.approx(0.6)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        y = (rng.random(30) < 0.25).astype(int)
+        y[:2] = [0, 1]
+        p = rng.random(30) * 0.6 + 0.3 * y
+        best = max(binary_metrics(y, p, p >= cut)["gmean"] for cut in p)
+        chosen = binary_metrics(y, p, p >= gmean_threshold(y, p))["gmean"]
+        assert chosen == pytest.approx(best)
+
+
+def test_a_model_that_calls_one_class_is_counted():
+    test = pd.concat([_predictions(0, Y, P * 0.5), _predictions(1, Y, P * 0.5)])
+    val = pd.concat([_predictions(0, Y, P * 0.5), _predictions(1, Y, P * 0.5)])
+    # calibrated to a low prevalence, every probability is below 0.5: a fixed cut calls all ADC
+    table, info = evaluate_classification(
+        test, val, classes=["ADC", "SQC"], threshold=0.5, n_bootstrap=20, seed=0
+    )
+    values = table.set_index("metric")["value"]
+    assert values["predicted_classes"] == 1 and values["sensitivity"] == 0
+    assert info["predicted_per_class"] == {"ADC": 20, "SQC": 0}
+    # the validation-chosen operating point gives both classes where the AUROC allows
+    for rule in ("youden", "gmean"):
+        table, info = evaluate_classification(
+            test, val, classes=["ADC", "SQC"], threshold=rule, n_bootstrap=20, seed=0
+        )
+        values = table.set_index("metric")["value"]
+        assert values["predicted_classes"] == 2 and values["sensitivity"] == pytest.approx(0.75)
+        assert "validation predictions" in info["threshold"]["rule"]
+        assert info["predicted_per_class"] == {"ADC": 12, "SQC": 8}
 
 
 def test_bootstrap_is_seeded_stratified_and_contains_the_estimate():

@@ -284,7 +284,8 @@ def test_command_skips_when_ingest_failed(tmp_path):
     assert command.run(_args(tmp_path), {"register": {}}) == 0
     record = json.loads((tmp_path / "register" / "register.json").read_text())
     assert record["status"] == "skipped"
-    assert "PatientWeight" in record["upstream"]["reason"]
+    assert record["upstream"]["stage"] == "ingest"
+    assert "PatientWeight" in record["upstream"]["message"]
     assert not (tmp_path / "register" / "ct.nii.gz").exists()
 
 

@@ -211,7 +211,8 @@ def make_fake_results(root: Path, *, task: str = "classification", n: int = 12) 
     # cohort and sidecars
     cohort = pd.DataFrame(
         {"patient_id": pids, "label": labels, "included": ["yes"] * (n - 1) + ["no"],
-         "reason": [""] * (n - 1) + [f"failed at ingest: no usable CT ({SECRET_UID} is a localizer)"],
+         "excluded_at": [""] * (n - 1) + ["ingest"],
+         "reason": [""] * (n - 1) + [f"ingest failed: no usable CT ({SECRET_UID} is a localizer)"],
          "roi_status": ["ok"] * (n - 1) + ["failed"], "has_ct": [True] * (n - 1) + [False],
          "has_pet": [i % 4 != 0 for i in range(n - 1)] + [False]}
     )  # fmt: skip
@@ -224,7 +225,7 @@ def make_fake_results(root: Path, *, task: str = "classification", n: int = 12) 
                      "ct": {"series_uid": SECRET_UID}})  # fmt: skip
         if not ok:
             _write_json(results / "register" / pid / "register.json",
-                        {"status": "skipped", "upstream": {"stage": "ingest", "reason": "no usable CT"}})  # fmt: skip
+                        {"status": "skipped", "upstream": {"stage": "ingest", "status": "failed", "message": "no usable CT"}})  # fmt: skip
             _write_json(
                 results / "roi" / f"{pid}.json", {"status": "skipped", "reason": "ingest failed"}
             )
@@ -284,6 +285,7 @@ def test_report_cohort_and_registration_tables(classification_report: Path):
     assert list(cohort["class"]) == ["ADC", "SQC", "all"]
     exclusions = pd.read_csv(classification_report / "tables" / "exclusions.csv")
     assert list(exclusions.patient_id) == ["P011"] and "[UID]" in exclusions.reason[0]
+    assert exclusions.excluded_at[0] == "ingest"
     registration = pd.read_csv(classification_report / "tables" / "registration.csv")
     assert len(registration) == 12
     row = registration.set_index("patient_id").loc["P001"]
@@ -295,7 +297,7 @@ def test_report_cohort_and_registration_tables(classification_report: Path):
     )
     assert registration.set_index("patient_id").loc["P000", "note"] == "no PET: nothing to register"
     assert registration.set_index("patient_id").loc["P011", "status"] == "skipped"
-    assert registration.set_index("patient_id").loc["P011", "note"] == "ingest: no usable CT"
+    assert registration.set_index("patient_id").loc["P011", "note"] == "ingest failed: no usable CT"
 
 
 def test_report_html_is_self_contained_and_has_no_phi(classification_report: Path):
@@ -339,3 +341,19 @@ def test_report_command_and_no_torch(tmp_path: Path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (results / "report" / "index.html").is_file()
     assert "**0.800** (0.700-0.900)" in (results / "report" / "tables" / "metrics.md").read_text()
+
+
+def test_a_one_class_model_is_flagged_in_every_table_format():
+    from lungfusion.report import tables
+
+    long = pd.DataFrame(
+        {"model": ["ct", "ct", "pet", "pet"], "metric": ["auroc", "predicted_classes"] * 2,
+         "value": [0.7, 2.0, 0.6, 1.0], "ci_low": [0.6, None, 0.5, None],
+         "ci_high": [0.8, None, 0.7, None]}
+    )  # fmt: skip
+    table = tables.build_table(long, metrics=["auroc"])
+    assert table.one_class == {"pet"}
+    frame = tables.to_frame(table)
+    assert list(frame.model) == ["ct", f"pet {tables.ONE_CLASS_MARK}"]
+    for text in (tables.to_markdown(table), tables.to_html(table), tables.to_latex(table)):
+        assert f"pet {tables.ONE_CLASS_MARK}" in text and f"ct {tables.ONE_CLASS_MARK}" not in text

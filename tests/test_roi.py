@@ -330,7 +330,7 @@ def test_command_skips_after_a_failed_segmentation(tmp_path):
     args = _stage_dirs(tmp_path, ct, pet, region, segment_status="skipped")
     assert roi_command.run(args, {}) == 0
     record = json.loads(args.out.with_suffix(".json").read_text())
-    assert record["status"] == "skipped" and "segmentation" in record["reason"]
+    assert record["status"] == "skipped" and record["upstream"]["stage"] == "segment"
     assert not args.out.exists()
 
 

@@ -242,7 +242,8 @@ def test_command_skips_after_a_failed_registration(tmp_path):
     (tmp_path / "register" / "register.json").write_text(json.dumps(failed))
     assert segment_command.run(_args(tmp_path), {}) == 0
     record = json.loads((tmp_path / "segment" / "segment.json").read_text())
-    assert record["status"] == "skipped" and "no PET" in record["reason"]
+    assert record["status"] == "skipped" and "no PET" in record["upstream"]["message"]
+    assert record["upstream"]["stage"] == "register"
     assert not (tmp_path / "segment" / "lungs.nii.gz").exists()
 
 

@@ -69,6 +69,8 @@ def test_cohort_table_names_why_a_patient_is_left_out(tmp_path):
     by_id = table.set_index("patient_id")
     assert by_id.loc["P005", "included"] == "no"
     assert "ingest" in by_id.loc["P005", "reason"] and "no CT series" in by_id.loc["P005", "reason"]
+    assert by_id.loc["P005", "excluded_at"] == "ingest"
+    assert by_id.loc["P006", "excluded_at"] == "sample sheet"
     assert by_id.loc["P006", "included"] == "no" and "SCLC" in by_id.loc["P006", "reason"]
     assert by_id.loc["P002", "included"] == "yes" and not by_id.loc["P002", "has_pet"]
     assert (table.included == "yes").sum() == 6

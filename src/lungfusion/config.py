@@ -65,6 +65,18 @@ def validate_config(config: dict, schema_name: str = "config.schema.yaml") -> di
     return config
 
 
+def section_settings(config: dict, name: str) -> dict:
+    """A copy of one config section with the schema's defaults filled in and checked, for a
+    stage called with a partial config (from Python rather than the command line)."""
+    schema = load_schema("config.schema.yaml")["properties"][name]
+    section = copy.deepcopy(config.get(name) or {})
+    errors = list(_DefaultFillingValidator(schema).iter_errors(section))
+    if errors:
+        lines = [f"  {name}.{key_path(e)}: {e.message}" for e in errors]
+        raise ConfigError("invalid config:\n" + "\n".join(lines))
+    return section
+
+
 def deep_merge(base: dict, overrides: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in overrides.items():

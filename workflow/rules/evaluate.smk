@@ -36,6 +36,7 @@ rule evaluate:
     input:
         models=fold_outputs(MODELS),
         integrator=f"{RESULTS}/integrate/{INTEGRATOR}/summary.json",
+        cohort=f"{RESULTS}/splits/cohort.tsv",
     output:
         table=f"{RESULTS}/metrics/all.tsv",
         done=f"{RESULTS}/metrics/summary.json",
@@ -56,4 +57,4 @@ rule evaluate:
         out_dir=lambda wc, output: Path(output.done).parent,
     shell:
         "python -m lungfusion --params {params.cfg:q} evaluate --predictions {params.predictions:q}"
-        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --cohort {input.cohort:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

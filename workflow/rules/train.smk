@@ -8,6 +8,7 @@ rule splits:
         rois=per_patient("{results}/roi/{pid}.json"),
     output:
         folds=f"{RESULTS}/splits/folds.tsv",
+        cohort=f"{RESULTS}/splits/cohort.tsv",
     log:
         f"{RESULTS}/logs/splits.log",
     benchmark:

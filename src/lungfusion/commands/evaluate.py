@@ -1,7 +1,8 @@
 """``lungfusion evaluate``: metric tables with bootstrap intervals for every model.
 
 Writes ``{out}/{model}.tsv`` (metric, value, ci_low, ci_high, p_delong_vs_best), ``all.tsv``
-(the same with a model column), for survival ``{model}_km.tsv`` (Kaplan-Meier curves of the
+(the same with a model column), ``exclusions.tsv`` (with ``--cohort``: each patient left out,
+the first stage that failed and its message), for survival ``{model}_km.tsv`` (Kaplan-Meier curves of the
 risk groups), and last ``summary.json`` (settings, thresholds, DeLong results, notes).
 """
 
@@ -12,26 +13,17 @@ import logging
 from pathlib import Path
 
 from lungfusion.artifacts import software_versions, write_json_atomic
+from lungfusion.config import section_settings
 from lungfusion.evaluation import scoring
 from lungfusion.evaluation.tables import (
     combined_table,
     discover_predictions,
+    excluded_patients,
     read_predictions,
     write_tsv,
 )
 
 log = logging.getLogger(__name__)
-
-# config section `evaluate` (read with these defaults until the schema has it)
-EVALUATE_DEFAULTS = {
-    "n_bootstrap": 1000,
-    "seed": 0,
-    "threshold": 0.5,
-    "ci": 0.95,
-    "horizons_days": [365, 730, 1095],
-    "calibration_alpha": 0.1,
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -41,14 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="predictions.tsv files or folders holding them (e.g. results/train results/integrate); "
         "NAME=PATH names a model explicitly",
     )
+    parser.add_argument(
+        "--cohort", type=Path, default=None,
+        help="splits/cohort.tsv: its excluded patients go to exclusions.tsv with the stage and why",
+    )  # fmt: skip
     parser.add_argument("--out-dir", required=True, type=Path, help="e.g. results/metrics")
 
 
 def evaluate_settings(config: dict) -> dict:
-    settings = {**EVALUATE_DEFAULTS, **(config.get("evaluate") or {})}
+    settings = section_settings(config, "evaluate")
     settings["threshold"] = scoring.check_threshold(settings["threshold"])
-    if int(settings["n_bootstrap"]) < 1:
-        raise ValueError("evaluate.n_bootstrap must be at least 1")
     return settings
 
 
@@ -95,6 +89,9 @@ def run(args: argparse.Namespace, config: dict) -> int:
     for model, table in tables.items():
         write_tsv(table, args.out_dir / f"{model}.tsv")
     write_tsv(combined_table(tables), args.out_dir / "all.tsv")
+    excluded = excluded_patients(args.cohort) if getattr(args, "cohort", None) else None
+    if excluded is not None:
+        write_tsv(excluded, args.out_dir / "exclusions.tsv")
     write_json_atomic(
         args.out_dir / "summary.json",
         {
@@ -107,6 +104,7 @@ def run(args: argparse.Namespace, config: dict) -> int:
             "delong": delong
             or "not applicable (survival: compare C-indices by their bootstrap intervals)",
             "models": infos,
+            "excluded": None if excluded is None else excluded.to_dict("records"),
             "software": software_versions(),
         },
     )

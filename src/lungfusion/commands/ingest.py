@@ -7,7 +7,7 @@ CT's grid: the union of the chosen RTSTRUCT's ROIs matching ``ingest.gtv_roi_pat
 without one) and ``ingest.json`` last:
 ``status`` ok or failed, ``has_pet``, the series used, the SUV factor and its rule, warnings,
 timings and ``ct_slices`` (SOPInstanceUID, frame, index of the slice in ct.nii.gz). A bad input
-(PatientInputError) gives ``status: failed`` with the error, and exit code 0.
+(PatientInputError) gives ``status: failed`` with the error, no image, and exit code 0.
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
-from lungfusion.artifacts import Timer, atomic_path, sidecar, write_json_atomic
+from lungfusion.artifacts import Timer, atomic_path
 from lungfusion.commands.index import read_file_list
 from lungfusion.errors import PatientInputError
 from lungfusion.imaging.rtstruct import gtv_mask
 from lungfusion.ingest.series import read_ct_series, read_pet_suv
+from lungfusion.status import run_patient_stage
 
 log = logging.getLogger(__name__)
+IMAGES = ("ct.nii.gz", "pet_suv.nii.gz", "gtv.nii.gz")
 SERIES_KEYS = ("series_uid", "study_uid", "series_description", "modality", "n_images", "reason")
 
 
@@ -147,35 +149,19 @@ def _series_record(row, info: dict, n_files: int) -> dict:
 def run(args: argparse.Namespace, config: dict) -> int:
     options = config["ingest"]
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parameters = {key: options.get(key) for key in sorted(options)}
-    inputs = {"series": str(args.series)}
-    try:
-        result = ingest_patient(args.patient, Path(args.series), out_dir, options)
-    except PatientInputError as error:
-        if error.patient is None:
-            error.patient = args.patient
-        log.error("%s", error)
-        record = sidecar(
-            stage="ingest",
-            patient=args.patient,
-            status="failed",
-            inputs=inputs,
-            parameters=parameters,
-            error=error.as_dict() | {"text": str(error)},
-            has_pet=False,
-        )
-        write_json_atomic(out_dir / "ingest.json", record)
-        return 0
-    record = sidecar(
+
+    def work(staging: Path, timer: Timer) -> dict:
+        result = ingest_patient(args.patient, Path(args.series), staging, options)
+        timer.seconds.update(result.pop("timings"))
+        return result
+
+    run_patient_stage(
         stage="ingest",
         patient=args.patient,
-        inputs=inputs,
-        outputs=result.pop("outputs"),
-        parameters=parameters,
-        warnings=result.pop("warnings"),
-        timings=result.pop("timings"),
-        **result,
+        sidecar_path=out_dir / "ingest.json",
+        image_dir=out_dir,
+        image_names=IMAGES,
+        record={"inputs": {"series": str(args.series)}, "parameters": dict(sorted(options.items()))},
+        work=work,
     )
-    write_json_atomic(out_dir / "ingest.json", record)
     return 0

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from lungfusion.artifacts import Timer, atomic_path, read_json, sidecar, write_json_atomic
+from lungfusion.artifacts import Timer, atomic_path, read_json
 from lungfusion.errors import PatientInputError
 from lungfusion.imaging.register import register_pet_to_ct
 from lungfusion.imaging.resample import resample_onto, resample_to_spacing, target_grid
+from lungfusion.status import run_patient_stage
 
 log = logging.getLogger(__name__)
 
 AIR_HU = -1024.0
+IMAGES = ("ct.nii.gz", "pet.nii.gz", "gtv.nii.gz", "pet_to_ct.tfm")
 REGISTRATION_KEYS = (
     "method",
     "shrink_factors",
@@ -120,40 +122,20 @@ def register_patient(
 def run(args: argparse.Namespace, config: dict) -> int:
     options = dict(config.get("register", {}))
     ingest_dir, out_dir = Path(args.ingest_dir), Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record = {
-        "stage": "register",
-        "patient": args.patient,
-        "inputs": {"ingest_dir": str(ingest_dir)},
-        "parameters": options,
-    }
-    upstream_path = ingest_dir / "ingest.json"
-    upstream = read_json(upstream_path) if upstream_path.is_file() else {"status": "missing"}
-    if upstream.get("status") != "ok":
-        reason = upstream.get("error", {}).get("message") or f"ingest status {upstream['status']}"
-        log.warning("patient %s: skipped, ingest did not succeed: %s", args.patient, reason)
-        payload = sidecar(
-            **record, status="skipped", upstream={"stage": "ingest", "reason": reason}
-        )
-        write_json_atomic(out_dir / "register.json", payload)
-        return 0
 
-    timer = Timer()
-    try:
-        has_pet = bool(upstream.get("has_pet", (ingest_dir / "pet_suv.nii.gz").is_file()))
-        result = register_patient(
-            args.patient, ingest_dir, out_dir, options, timer, has_pet=has_pet
-        )
-    except PatientInputError as error:
-        error.patient = error.patient or args.patient
-        log.error("%s", error)
-        payload = sidecar(**record, status="failed", error=error.as_dict(), timings=timer.seconds)
-        write_json_atomic(out_dir / "register.json", payload)
-        return 0
-    warnings = result.pop("warnings")
-    for warning in warnings:
-        log.warning("patient %s: %s", args.patient, warning)
-    outputs = result.pop("outputs")
-    payload = sidecar(**record, outputs=outputs, warnings=warnings, timings=timer.seconds, **result)
-    write_json_atomic(out_dir / "register.json", payload)
+    def work(staging: Path, timer: Timer) -> dict:
+        ingested = read_json(ingest_dir / "ingest.json")
+        has_pet = bool(ingested.get("has_pet", (ingest_dir / "pet_suv.nii.gz").is_file()))
+        return register_patient(args.patient, ingest_dir, staging, options, timer, has_pet=has_pet)
+
+    run_patient_stage(
+        stage="register",
+        patient=args.patient,
+        sidecar_path=out_dir / "register.json",
+        image_dir=out_dir,
+        image_names=IMAGES,
+        record={"inputs": {"ingest_dir": str(ingest_dir)}, "parameters": options},
+        work=work,
+        upstream={"ingest": ingest_dir / "ingest.json"},
+    )
     return 0

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lungfusion.artifacts import Timer, atomic_path, read_json, sidecar, write_json_atomic
+from lungfusion.artifacts import Timer, atomic_path, read_json
 from lungfusion.errors import PatientInputError
 from lungfusion.imaging import roi as roi_lib
 from lungfusion.imaging.qc import roi_qc_png
+from lungfusion.status import run_patient_stage
 
 log = logging.getLogger(__name__)
 ROI_DEFAULTS = {
@@ -48,30 +49,30 @@ def run(args: argparse.Namespace, config: dict) -> int:
     if settings["crop"] not in roi_lib.CROP_STRATEGIES:
         raise ValueError(f"roi.crop must be one of {roi_lib.CROP_STRATEGIES}")
     out = Path(args.out)
-    json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
+    png = out.with_suffix(".png")
     inputs = {"register_dir": str(args.register_dir), "segment_dir": str(args.segment_dir)}
     if args.ingest_dir is not None:
         inputs["ingest_dir"] = str(args.ingest_dir)
-    record = dict(stage="roi", patient=args.patient, inputs=inputs, parameters=settings)
-    reason = _upstream_problem(Path(args.register_dir) / "register.json", "registration") or (
-        _upstream_problem(Path(args.segment_dir) / "segment.json", "segmentation")
-    )
-    if reason is not None:
-        log.warning("patient %s skipped: %s", args.patient, reason)
-        write_json_atomic(json_path, sidecar(**record, status="skipped", reason=reason))
-        return 0
-    timer = Timer()
-    try:
-        facts = make_roi(args, settings, timer=timer, npz_path=out, png_path=png_path)
-    except PatientInputError as error:
-        error.patient = error.patient or args.patient
-        log.error("%s", error)
-        failed = sidecar(**record, status="failed", error=error.as_dict(), timings=timer.seconds)
-        write_json_atomic(json_path, failed)
-        return 0
-    warnings = facts.pop("warnings")
-    write_json_atomic(
-        json_path, sidecar(**record, warnings=warnings, timings=timer.seconds, **facts)
+
+    def work(staging: Path, timer: Timer) -> dict:
+        facts = make_roi(
+            args, settings, timer=timer, npz_path=staging / out.name, png_path=staging / png.name
+        )
+        facts["outputs"] = {"npz": str(out), "png": str(png)}
+        return facts
+
+    run_patient_stage(
+        stage="roi",
+        patient=args.patient,
+        sidecar_path=out.with_suffix(".json"),
+        image_dir=out.parent,
+        image_names=(out.name, png.name),
+        record={"inputs": inputs, "parameters": settings},
+        work=work,
+        upstream={
+            "register": Path(args.register_dir) / "register.json",
+            "segment": Path(args.segment_dir) / "segment.json",
+        },
     )
     return 0
 
@@ -184,16 +185,3 @@ def _outside_fraction(ct: sitk.Image, first: list[float], last: list[float]) -> 
         outside = max(0.0, -low) + max(0.0, high - (n - 1))
         worst = max(worst, min(1.0, outside / length))
     return round(worst, 3)
-
-
-def _upstream_problem(path: Path, stage: str) -> str | None:
-    if not path.is_file():
-        return f"no {stage} sidecar {path}"
-    upstream = read_json(path)
-    if upstream.get("status") == "ok":
-        return None
-    error = upstream.get("error") or {}
-    reason = (error.get("message") if isinstance(error, dict) else str(error)) or upstream.get(
-        "reason", "no reason given"
-    )
-    return f"{stage} {upstream.get('status', 'unknown')}: {reason}"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lungfusion.artifacts import Timer, atomic_path, read_json, sidecar, write_json_atomic
+from lungfusion.artifacts import Timer, atomic_path
 from lungfusion.errors import PatientInputError
 from lungfusion.imaging.segment import (
     check_backend,
@@ -24,8 +24,10 @@ from lungfusion.imaging.segment import (
     segment_lungs_with_backend,
     tumour_inclusive_region,
 )
+from lungfusion.status import run_patient_stage
 
 log = logging.getLogger(__name__)
+IMAGES = ("lungs.nii.gz", "region.nii.gz")
 SEGMENT_DEFAULTS = {
     "backend": "classical",
     "threshold_hu": -320.0,
@@ -43,33 +45,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: dict) -> int:
     settings = {**SEGMENT_DEFAULTS, **(config.get("segment") or {})}
     check_backend(settings["backend"])  # a missing backend stops every patient: fail loudly
-    out_dir = Path(args.out_dir)
-    inputs = {"register_dir": str(args.register_dir)}
-    record = dict(stage="segment", patient=args.patient, inputs=inputs, parameters=settings)
-    upstream = _upstream_status(Path(args.register_dir))
-    if upstream is not None:
-        log.warning("patient %s skipped: %s", args.patient, upstream)
-        write_json_atomic(
-            out_dir / "segment.json", sidecar(**record, status="skipped", reason=upstream)
-        )
-        return 0
-    timer = Timer()
-    try:
+    register_dir, out_dir = Path(args.register_dir), Path(args.out_dir)
+
+    def work(staging: Path, timer: Timer) -> dict:
         result = segment_patient(
-            Path(args.register_dir) / "ct.nii.gz", out_dir, settings=settings, timer=timer
+            register_dir / "ct.nii.gz", staging, settings=settings, timer=timer
         )
-    except PatientInputError as error:
-        error.patient = error.patient or args.patient
-        log.error("%s", error)
-        failed = sidecar(**record, status="failed", error=error.as_dict(), timings=timer.seconds)
-        write_json_atomic(out_dir / "segment.json", failed)
-        return 0
-    write_json_atomic(
-        out_dir / "segment.json",
-        sidecar(**record, timings=timer.seconds, warnings=result.pop("warnings"), **result),
+        log.info("patient %s: lungs %.0f mL, region %.0f mL", args.patient,
+                 result["volumes_ml"]["total_ml"], result["region_ml"])  # fmt: skip
+        return result
+
+    run_patient_stage(
+        stage="segment",
+        patient=args.patient,
+        sidecar_path=out_dir / "segment.json",
+        image_dir=out_dir,
+        image_names=IMAGES,
+        record={"inputs": {"register_dir": str(register_dir)}, "parameters": settings},
+        work=work,
+        upstream={"register": register_dir / "register.json"},
     )
-    log.info("patient %s: lungs %.0f mL, region %.0f mL", args.patient,
-             result["volumes_ml"]["total_ml"], result["region_ml"])  # fmt: skip
     return 0
 
 
@@ -100,25 +95,11 @@ def segment_patient(ct_path: Path, out_dir: Path, *, settings: dict, timer: Time
         warnings.append(f"lung volume {volumes['total_ml']} mL is implausibly small")
     return {
         "outputs": {
-            "lungs": str(out_dir / "lungs.nii.gz"),
-            "region": str(out_dir / "region.nii.gz"),
+            "lungs": "lungs.nii.gz",
+            "region": "region.nii.gz",
         },
         "volumes_ml": volumes,
         "region_ml": region_ml,
         "details": {k: v for k, v in info.items() if not k.endswith("_lung_ml")},
         "warnings": warnings,
     }
-
-
-def _upstream_status(register_dir: Path) -> str | None:
-    """None when registration succeeded, else the reason to skip this patient."""
-    sidecar_path = register_dir / "register.json"
-    if not sidecar_path.is_file():
-        return f"no registration sidecar {sidecar_path}"
-    upstream = read_json(sidecar_path)
-    if upstream.get("status") == "ok":
-        return None
-    error = upstream.get("error") or {}
-    reason = error.get("message") if isinstance(error, dict) else str(error)
-    reason = reason or upstream.get("reason") or "no reason given"
-    return f"registration {upstream.get('status', 'unknown')}: {reason}"

@@ -104,13 +104,27 @@ def classification_metrics(
     return multiclass_metrics(y_true, probs, y_pred, classes)
 
 
-def youden_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
-    """The score cut that maximises Youden's J = sensitivity + specificity - 1.
+def _best_cut(y_true: np.ndarray, score: np.ndarray, objective) -> float:
+    """The score cut that maximises ``objective(tpr, fpr)``; positives are ``score >= cut``.
 
-    Positives are ``score >= threshold``. Among equal J the highest cut wins (fewest positive
-    calls). The cut is capped to 1 when scikit-learn proposes its ``inf`` sentinel.
+    Among equal values the highest cut wins (fewest positive calls). The cut is capped to 1
+    when scikit-learn proposes its ``inf`` sentinel.
     """
     fpr, tpr, thresholds = roc_curve(np.asarray(y_true).astype(int), score, drop_intermediate=False)
-    j = tpr - fpr
-    best = int(np.flatnonzero(j == j.max())[0])
+    value = objective(tpr, fpr)
+    best = int(np.flatnonzero(value == value.max())[0])
     return float(min(thresholds[best], 1.0))
+
+
+def youden_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
+    """The cut that maximises Youden's J = sensitivity + specificity - 1."""
+    return _best_cut(y_true, score, lambda tpr, fpr: tpr - fpr)
+
+
+def gmean_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
+    """The cut that maximises the G-mean, sqrt(sensitivity x specificity): like Youden's J,
+    it keeps both classes in view when they are imbalanced."""
+    return _best_cut(y_true, score, lambda tpr, fpr: np.sqrt(tpr * (1.0 - fpr)))
+
+
+THRESHOLD_RULES = {"youden": youden_threshold, "gmean": gmean_threshold}

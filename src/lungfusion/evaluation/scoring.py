@@ -2,7 +2,7 @@
 
 Each patient is tested exactly once across the outer folds, so a model's test predictions of
 all folds are pooled into one set of scores. What is learnt from data besides the model itself
-(the Youden threshold; for survival, the risk scale, the median cut of the risk groups and
+(the operating threshold; for survival, the risk scale, the median cut of the risk groups and
 the risk-to-survival-curve calibration) is learnt per fold from that fold's validation
 predictions, never from its test patients, and applied to the fold's test patients.
 """
@@ -15,23 +15,27 @@ import pandas as pd
 from lungfusion.evaluation import survival as sv
 from lungfusion.evaluation.bootstrap import bootstrap_ci
 from lungfusion.evaluation.delong import delong_test
-from lungfusion.evaluation.metrics import auroc, classification_metrics, youden_threshold
+from lungfusion.evaluation.metrics import THRESHOLD_RULES, auroc, classification_metrics
 from lungfusion.evaluation.tables import metrics_table
 
 
-def _is_youden(threshold) -> bool:
-    return isinstance(threshold, str) and threshold.lower() == "youden"
+RULE_TEXT = {
+    "youden": "by Youden's J on each fold's validation predictions",
+    "gmean": "by the G-mean (sqrt of sensitivity x specificity) on each fold's validation "
+    "predictions",
+}
 
 
 def check_threshold(threshold) -> float | str:
-    """``"youden"`` or a number in (0, 1)."""
-    if _is_youden(threshold):
-        return "youden"
+    """A rule chosen on the validation predictions (``youden``, ``gmean``) or a number in (0, 1)."""
+    if isinstance(threshold, str) and threshold.lower() in THRESHOLD_RULES:
+        return threshold.lower()
     try:
         value = float(threshold)
     except (TypeError, ValueError):
         raise ValueError(
-            f"evaluate.threshold must be 0.5 (a number) or 'youden', got {threshold!r}"
+            f"evaluate.threshold must be a number in (0, 1) or one of {sorted(THRESHOLD_RULES)}, "
+            f"got {threshold!r}"
         ) from None
     if not 0 < value < 1:
         raise ValueError(f"evaluate.threshold must be in (0, 1), got {value}")
@@ -51,7 +55,7 @@ def fold_thresholds(
     threshold = check_threshold(threshold)
     cuts = {}
     for fold in sorted(test["fold"].unique()):
-        if threshold != "youden":
+        if not isinstance(threshold, str):
             cuts[int(fold)] = {"threshold": threshold, "source": "fixed"}
             continue
         rows = val[val["fold"] == fold] if val is not None else pd.DataFrame()
@@ -65,8 +69,8 @@ def fold_thresholds(
             continue
         score = rows[f"prob_{classes[-1]}"].to_numpy(float)[known]
         cuts[int(fold)] = {
-            "threshold": youden_threshold(y[known] == 1, score),
-            "source": f"youden on {int(known.sum())} validation patients",
+            "threshold": THRESHOLD_RULES[threshold](y[known] == 1, score),
+            "source": f"{threshold} on {int(known.sum())} validation patients",
         }
     return cuts
 
@@ -94,17 +98,16 @@ def evaluate_classification(
         pred = (probs[:, 1] >= row_cut).astype(int)
         info["threshold"] = {
             "rule": f"{classes[-1]} when prob_{classes[-1]} >= cut; cut "
-            + (
-                "by Youden's J on each fold's validation predictions"
-                if _is_youden(threshold)
-                else f"fixed at {threshold}"
-            ),
+            + RULE_TEXT.get(check_threshold(threshold), f"fixed at {threshold}"),
             "per_fold": {str(k): v for k, v in cuts.items()},
         }
     else:
         pred = probs.argmax(axis=1)
         info["threshold"] = {"rule": "arg-max class (multi-class); evaluate.threshold unused"}
     point = classification_metrics(y, probs, pred, classes)
+    # A model that calls every patient one class has threshold metrics that compare nothing.
+    point["predicted_classes"] = float(len(np.unique(pred)))
+    info["predicted_per_class"] = {c: int((pred == i).sum()) for i, c in enumerate(classes)}
 
     def statistic(index: np.ndarray) -> dict[str, float]:
         return classification_metrics(y[index], probs[index], pred[index], classes)

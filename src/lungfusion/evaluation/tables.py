@@ -99,3 +99,12 @@ def write_tsv(table: pd.DataFrame, path: str | Path) -> None:
     """Atomically write a TSV with 6 significant digits and empty cells for NaN."""
     with atomic_path(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="")
+
+
+def excluded_patients(cohort_path: str | Path) -> pd.DataFrame:
+    """The cohort table's excluded patients: ``patient_id``, ``label``, ``excluded_at`` (the
+    first stage that failed, or the sample sheet) and ``reason``."""
+    cohort = pd.read_csv(cohort_path, sep="\t", dtype=str, keep_default_na=False)
+    columns = ["patient_id", "label", "excluded_at", "reason"]
+    excluded = cohort[cohort["included"].str.lower().isin(["no", "false", "0"])]
+    return excluded.reindex(columns=columns, fill_value="").reset_index(drop=True)

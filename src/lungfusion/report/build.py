@@ -257,6 +257,8 @@ def _notes(task: str, inputs: Inputs) -> list[str]:
         notes.append(f"Intervals: {inputs.summary['confidence_intervals']}.")
     if task == "classification":
         notes.append(f"Threshold: {threshold_rule(inputs.summary)}.")
+        if not inputs.metrics.empty and tables.one_class_models(inputs.metrics):
+            notes.append(tables.ONE_CLASS_NOTE)
         delong = inputs.summary.get("delong")
         if isinstance(delong, dict):
             for metric, record in delong.items():

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from lungfusion.status import describe, failure_of
+
 UID_PATTERN = re.compile(r"\b\d+(?:\.\d+){3,}\b")
 YES = {"yes", "true", "1"}
 
@@ -52,7 +54,8 @@ def read_cohort(results: Path) -> pd.DataFrame:
                 "patient_id": sidecar_path.stem,
                 "label": "",
                 "included": "yes" if ok else "no",
-                "reason": "" if ok else _why(record),
+                "excluded_at": "" if ok else _excluded_at(record, "roi"),
+                "reason": "" if ok else _why(record, "roi"),
                 "roi_status": record.get("status", "missing"),
                 "has_ct": str(ok),
                 "has_pet": str(bool(record.get("has_pet", False))),
@@ -60,21 +63,22 @@ def read_cohort(results: Path) -> pd.DataFrame:
         )
     return pd.DataFrame(
         rows,
-        columns=["patient_id", "label", "included", "reason", "roi_status", "has_ct", "has_pet"],
+        columns=[
+            "patient_id", "label", "included", "excluded_at", "reason", "roi_status", "has_ct",
+            "has_pet",
+        ],  # fmt: skip
     )
 
 
-def _why(record: dict) -> str:
-    """The message of a failed or skipped sidecar: its error, else its upstream reason."""
-    error = record.get("error")
-    if isinstance(error, dict) and (error.get("message") or error.get("text")):
-        return str(error.get("message") or error.get("text"))
-    if error:
-        return str(error)
-    upstream = record.get("upstream")
-    if isinstance(upstream, dict) and upstream.get("reason"):
-        return f"{upstream.get('stage', 'upstream')}: {upstream['reason']}"
-    return str(record.get("reason") or record.get("status", "missing"))
+def _why(record: dict, stage: str) -> str:
+    """The first failure behind a failed or skipped sidecar, as one line."""
+    failure = failure_of(record, stage=stage)
+    return describe(failure) if failure else ""
+
+
+def _excluded_at(record: dict, stage: str) -> str:
+    failure = failure_of(record, stage=stage)
+    return failure["stage"] if failure else ""
 
 
 def cohort_summary(cohort: pd.DataFrame, *, classes: list[str]) -> pd.DataFrame:
@@ -107,15 +111,17 @@ def cohort_summary(cohort: pd.DataFrame, *, classes: list[str]) -> pd.DataFrame:
 
 
 def exclusions(cohort: pd.DataFrame) -> pd.DataFrame:
-    """One row per excluded patient with the reason (redacted)."""
+    """One row per excluded patient: the first stage that failed and its message (redacted)."""
     if cohort.empty:
-        return pd.DataFrame(columns=["patient_id", "label", "reason"])
+        return pd.DataFrame(columns=["patient_id", "label", "excluded_at", "reason"])
     excluded = cohort[~cohort["included"].map(_flag)]
+    blank = pd.Series("", index=excluded.index)
     return pd.DataFrame(
         {
             "patient_id": excluded["patient_id"].astype(str),
             "label": excluded.get("label", ""),
-            "reason": excluded.get("reason", pd.Series("", index=excluded.index)).map(redact),
+            "excluded_at": excluded.get("excluded_at", blank),
+            "reason": excluded.get("reason", blank).map(redact),
         }
     ).reset_index(drop=True)
 
@@ -146,7 +152,7 @@ def registration_quality(results: Path, patients: list[str]) -> pd.DataFrame:
         status = record.get("status", "unknown")
         note = ""
         if status != "ok":
-            note = redact(_why(record))
+            note = redact(_why(record, "register"))
         elif not record.get("has_pet", bool(info)):
             note = "no PET: nothing to register"
         elif info.get("warnings"):
@@ -206,7 +212,7 @@ def qc_entries(results: Path, patients: list[str]) -> list[dict]:
                 "has_pet": bool(record.get("has_pet", False)),
                 "lung_ml": volumes.get(pid),
                 "warnings": [redact(w) for w in record.get("warnings", [])],
-                "reason": "" if record.get("status") == "ok" else redact(_why(record)),
+                "reason": "" if record.get("status") == "ok" else redact(_why(record, "roi")),
             }
         )
     return entries

@@ -22,6 +22,11 @@ import pandas as pd
 # metrics where a smaller value is better; every other ranked metric is larger-is-better
 LOWER_IS_BETTER = frozenset({"ibs"})
 # reported but never ranked (counts and test statistics)
+ONE_CLASS_MARK = "(one class)"
+ONE_CLASS_NOTE = (
+    f"{ONE_CLASS_MARK}: the model calls every test patient the same class at its operating point, so "
+    "its threshold metrics (accuracy, F1, sensitivity, specificity, G-mean) compare nothing."
+)
 UNRANKED = frozenset(
     {"n", "n_events", "n_high_risk", "n_low_risk", "logrank_chi2", "logrank_p", "p_delong_vs_best"}
 )
@@ -93,9 +98,14 @@ class MetricTable:
     metrics: list[str]
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     p_delong: dict[str, float] = field(default_factory=dict)  # model -> p of AUROC vs best
+    one_class: set[str] = field(default_factory=set)  # models that call every patient one class
 
     def cell(self, model: str, metric: str) -> Cell:
         return self.cells.get((model, metric), Cell(math.nan))
+
+    def label(self, model: str) -> str:
+        """The row's name, marked when its threshold metrics compare nothing."""
+        return f"{model} {ONE_CLASS_MARK}" if model in self.one_class else model
 
 
 def _finite(value) -> bool:
@@ -125,10 +135,19 @@ def build_table(
             )
         if str(row["metric"]).startswith("auroc") and _finite(row.get("p_delong_vs_best")):
             table.p_delong.setdefault(row["model"], float(row["p_delong_vs_best"]))
+    table.one_class = one_class_models(long) & set(models)
     for metric in metrics:
         if metric not in UNRANKED:
             _rank_column(table, metric)
     return table
+
+
+def one_class_models(long: pd.DataFrame) -> set[str]:
+    """Models whose pooled test predictions are all one class (the evaluation's
+    ``predicted_classes`` row)."""
+    rows = long[long["metric"] == "predicted_classes"]
+    values = pd.to_numeric(rows["value"], errors="coerce")
+    return set(rows.loc[values < 2, "model"].astype(str))
 
 
 def _rank_column(table: MetricTable, metric: str) -> None:
@@ -183,7 +202,7 @@ def to_frame(table: MetricTable, *, decimals: int = 3) -> pd.DataFrame:
     """Formatted cells (``value (low-high)``) as a DataFrame: the CSV table."""
     rows = []
     for model in table.models:
-        row = {"model": model}
+        row = {"model": table.label(model)}
         for metric in table.metrics:
             row[header(metric)] = _joined(*_plain(table.cell(model, metric), decimals))
         if table.p_delong:
@@ -220,7 +239,7 @@ def to_latex(table: MetricTable, *, decimals: int = 3, caption: str = "", label:
         r"\midrule",
     ]
     for model in table.models:
-        cells = [_latex_escape(model)]
+        cells = [_latex_escape(table.label(model))]
         for metric in table.metrics:
             cell = table.cell(model, metric)
             value, interval = _plain(cell, decimals, dash="--")
@@ -248,7 +267,7 @@ def to_markdown(table: MetricTable, *, decimals: int = 3) -> str:
         "|" + "|".join([":---"] + [":---:"] * (len(columns) - 1)) + "|",
     ]
     for model in table.models:
-        cells = [model.replace("|", "/")]
+        cells = [table.label(model).replace("|", "/")]
         for metric in table.metrics:
             cell = table.cell(model, metric)
             value, interval = _plain(cell, decimals)
@@ -268,7 +287,7 @@ def to_html(table: MetricTable, *, decimals: int = 3, css_class: str = "metrics"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for model in table.models:
-        cells = [f"<th scope='row'>{html.escape(model)}</th>"]
+        cells = [f"<th scope='row'>{html.escape(table.label(model))}</th>"]
         for metric in table.metrics:
             cell = table.cell(model, metric)
             value, interval = _plain(cell, decimals)

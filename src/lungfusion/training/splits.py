@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from lungfusion.status import describe, failure_of
+
 FOLD_COLUMNS = ["patient_id", "label", "fold", "role", "has_ct", "has_pet"]
 ROLES = ("train", "val", "test")
 
@@ -95,30 +97,19 @@ def _inner_split(
 
 
 def roi_status(roi_dir: str | Path, patient_id: str) -> dict:
-    """What the ROI stage recorded for a patient: status, has_pet and, if not ok, why."""
+    """What the ROI stage recorded for a patient: status, has_pet and, if not ok, the first
+    stage that failed (``excluded_at``) and its message (``reason``)."""
     path = Path(roi_dir) / f"{patient_id}.json"
-    if not path.exists():
-        return {"status": "missing", "reason": f"no ROI record {path}"}
-    record = json.loads(path.read_text(encoding="utf-8"))
-    status = record.get("status", "missing")
-    result = {"status": status, "has_pet": bool(record.get("has_pet", False))}
-    if status != "ok":
-        result["reason"] = _upstream_reason(record)
-    return result
-
-
-def _upstream_reason(record: dict) -> str:
-    """The failing stage and its message from a failed or skipped sidecar."""
-    error = record.get("error") or {}
-    if isinstance(error, dict):
-        message = error.get("message") or json.dumps(error)
-        stage = error.get("stage") or record.get("stage", "roi")
-    else:
-        message, stage = str(error), record.get("stage", "roi")
-    reason = record.get("reason") or record.get("upstream")
-    if reason and not message:
-        return str(reason)
-    return f"{record.get('status')} at {stage}: {message or reason or 'no message recorded'}"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    failure = failure_of(record, stage="roi", path=path)
+    if failure is None:
+        return {"status": "ok", "has_pet": bool(record.get("has_pet", False))}
+    return {
+        "status": (record or {}).get("status", "missing"),
+        "has_pet": False,
+        "excluded_at": failure["stage"],
+        "reason": describe(failure),
+    }
 
 
 def cohort_table(
@@ -138,9 +129,9 @@ def cohort_table(
         pid = str(record["patient_id"])
         status = roi_status(roi_dir, pid)
         label = record.get("label")
-        reason = ""
+        reason, excluded_at = "", ""
         if status["status"] != "ok":
-            reason = status["reason"]
+            reason, excluded_at = status["reason"], status["excluded_at"]
         elif task == "classification" and classes is not None and label not in classes:
             reason = f"label {label!r} not among cohort.classes {classes}"
         elif task == "survival" and (
@@ -152,6 +143,7 @@ def cohort_table(
                 "patient_id": pid,
                 "label": label,
                 "included": "no" if reason else "yes",
+                "excluded_at": excluded_at or ("sample sheet" if reason else ""),
                 "reason": reason,
                 "roi_status": status["status"],
                 "has_ct": status["status"] == "ok",
