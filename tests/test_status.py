@@ -82,7 +82,11 @@ def test_the_first_failure_travels_down_the_stages(tmp_path):
     args = argparse.Namespace(patient="P1", register_dir=register, out_dir=segment)
     segment_command.run(args, {})
     args = argparse.Namespace(
-        patient="P1", register_dir=register, segment_dir=segment, out=roi / "P1.npz", ingest_dir=None
+        patient="P1",
+        register_dir=register,
+        segment_dir=segment,
+        out=roi / "P1.npz",
+        ingest_dir=None,
     )
     roi_command.run(args, {})
     for path in (register / "register.json", segment / "segment.json", roi / "P1.json"):

@@ -111,7 +111,9 @@ def run_patient_stage(
     if failure is not None:
         log.warning("patient %s skipped at %s: %s", patient, stage, describe(failure))
         _remove(image_dir / name for name in names)
-        payload = sidecar(stage=stage, patient=patient, status="skipped", upstream=failure, **record)
+        payload = sidecar(
+            stage=stage, patient=patient, status="skipped", upstream=failure, **record
+        )
         write_json_atomic(sidecar_path, payload)
         return payload
     timer = Timer()

@@ -25,6 +25,7 @@ from lungfusion.evaluation.tables import (
 
 log = logging.getLogger(__name__)
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--predictions",

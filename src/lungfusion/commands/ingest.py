@@ -161,7 +161,10 @@ def run(args: argparse.Namespace, config: dict) -> int:
         sidecar_path=out_dir / "ingest.json",
         image_dir=out_dir,
         image_names=IMAGES,
-        record={"inputs": {"series": str(args.series)}, "parameters": dict(sorted(options.items()))},
+        record={
+            "inputs": {"series": str(args.series)},
+            "parameters": dict(sorted(options.items())),
+        },
         work=work,
     )
     return 0

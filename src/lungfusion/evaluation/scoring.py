@@ -18,7 +18,6 @@ from lungfusion.evaluation.delong import delong_test
 from lungfusion.evaluation.metrics import THRESHOLD_RULES, auroc, classification_metrics
 from lungfusion.evaluation.tables import metrics_table
 
-
 RULE_TEXT = {
     "youden": "by Youden's J on each fold's validation predictions",
     "gmean": "by the G-mean (sqrt of sensitivity x specificity) on each fold's validation "

@@ -64,7 +64,13 @@ def read_cohort(results: Path) -> pd.DataFrame:
     return pd.DataFrame(
         rows,
         columns=[
-            "patient_id", "label", "included", "excluded_at", "reason", "roi_status", "has_ct",
+            "patient_id",
+            "label",
+            "included",
+            "excluded_at",
+            "reason",
+            "roi_status",
+            "has_ct",
             "has_pet",
         ],  # fmt: skip
     )
