@@ -125,14 +125,17 @@ def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload))
 
 
-def make_fake_results(root: Path, *, task: str = "classification", n: int = 12) -> Path:
+def make_fake_results(
+    root: Path, *, task: str = "classification", n: int = 12, models: list[str] | None = None
+) -> Path:
     """A small results/ tree as the pipeline's stages would leave it."""
     results = root / "results"
     rng = np.random.default_rng(0)
     pids = [f"P{i:03d}" for i in range(n)]
     labels = ["SQC" if i % 2 else "ADC" for i in range(n)]
     excluded = pids[-1]
-    models = ["ct", "pet", "late_logistic"] if task == "classification" else ["ct", "late_cox"]
+    default = ["ct", "pet", "late_logistic"] if task == "classification" else ["ct", "late_cox"]
+    models = models or default
     kept = [p for p in pids if p != excluded]
     # predictions
     for m_index, model in enumerate(models):
@@ -174,7 +177,7 @@ def make_fake_results(root: Path, *, task: str = "classification", n: int = 12) 
     for m_index, model in enumerate(models):
         if task == "classification":
             for metric in tables.BINARY_COLUMNS:
-                value = 0.6 + 0.1 * m_index
+                value = min(0.6 + 0.1 * m_index, 0.95)
                 rows.append(
                     (
                         model,

@@ -6,11 +6,14 @@ Skipped when /usr/bin/chromium is absent (install: apt-get install chromium chro
 from __future__ import annotations
 
 import base64
+import io
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from test_report import CLASSES, PNG_MAGIC, make_fake_results
 
@@ -82,3 +85,51 @@ def test_browser_screenshot(page: Path, tmp_path: Path):
     assert done.returncode == 0, done.stderr[-2000:]
     data = shot.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 50_000  # a page with content, not blank
+
+
+@pytest.fixture(scope="module")
+def page_of_the_main_job(tmp_path_factory) -> Path:
+    """A report with the main job's 14 models and integrators, one calling a single class."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"chromium not installed at {CHROMIUM}")
+    from test_report_figures import MODELS
+
+    results = make_fake_results(tmp_path_factory.mktemp("many"), n=40, models=MODELS)
+    metrics = pd.read_csv(results / "metrics" / "all.tsv", sep="\t")
+    flags = pd.DataFrame({"model": MODELS, "metric": "predicted_classes",
+                          "value": [1.0 if m == "pet" else 2.0 for m in MODELS]})  # fmt: skip
+    pd.concat([metrics, flags]).to_csv(results / "metrics" / "all.tsv", sep="\t", index=False)
+    return build_report(results, results / "report", task="classification", classes=CLASSES)
+
+
+def test_browser_shows_every_model_in_figures_that_fit_the_page(page_of_the_main_job, tmp_path):
+    from PIL import Image
+
+    done = subprocess.run(
+        [*_chromium_flags(tmp_path / "profile"), "--dump-dom", page_of_the_main_job.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    dom = done.stdout
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = re.search(r'<table class="metrics">(.*?)</table>', dom, re.S).group(1)
+    assert metrics.count("<tr>") == 1 + 14 and ">pet (one class)<" in metrics
+    assert "calls every test patient the same class" in dom
+    figures = dict(
+        re.findall(r'<img[^>]*alt="([a-z_]+)"[^>]*src="data:image/png;base64,([^"]+)"', dom)
+    )
+    assert {"roc", "pr", "calibration", "confusion"} <= set(figures)
+    for name in ("roc", "pr", "calibration", "confusion"):
+        with Image.open(io.BytesIO(base64.b64decode(figures[name]))) as image:
+            width, height = image.size
+        # small multiples of a few panels, not one giant plot or a sliver
+        assert 600 <= width <= 2200 and 300 <= height <= 2600, (name, image.size)
+    shot = tmp_path / "page.png"
+    done = subprocess.run(
+        [*_chromium_flags(tmp_path / "profile"), "--hide-scrollbars", "--window-size=1280,4000",
+         f"--screenshot={shot}", page_of_the_main_job.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    with Image.open(shot) as image:
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.shape == (4000, 1280) and pixels.std() > 20  # a page with content, not blank

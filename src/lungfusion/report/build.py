@@ -311,9 +311,10 @@ def _gallery_html(entries: list[dict], width: int) -> str:
     return "<div class='gallery'>" + "".join(items) + "</div>"
 
 
-def _figure_width(key: str, n_classes: int) -> str:
+def _figure_width(key: str, n_classes: int, n_models: int) -> str:
     """Single-panel curves side by side; multi-panel figures across the page."""
-    return "small" if key in ("roc", "pr", "calibration") and n_classes == 2 else "wide"
+    single = n_classes == 2 and n_models <= figures.MAX_CURVES
+    return "small" if key in ("roc", "pr", "calibration") and single else "wide"
 
 
 def _html(settings, task, classes, inputs, written, plain, metric_table, entries) -> str:
@@ -329,7 +330,12 @@ def _html(settings, task, classes, inputs, written, plain, metric_table, entries
     )
     sections = [Section("performance", "Performance", performance)]
     figure_html = "".join(
-        figure_block(path, alt=key, caption=caption, css_class=_figure_width(key, len(classes)))
+        figure_block(
+            path,
+            alt=key,
+            caption=caption,
+            css_class=_figure_width(key, len(classes), len(inputs.predictions)),
+        )
         for key, (path, caption) in written.figures.items()
         if key != "qc_gallery"
     )

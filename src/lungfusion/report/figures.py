@@ -30,6 +30,7 @@ from sklearn.metrics import (  # noqa: E402
 from lungfusion.artifacts import atomic_path  # noqa: E402
 
 DPI = 110
+MAX_CURVES = 5  # curves per panel
 
 
 def save_figure(figure: plt.Figure, path: str | Path) -> Path:
@@ -53,56 +54,87 @@ def one_vs_rest(
     return y[finite], score[finite]
 
 
-def _panels(classes: list[str]) -> list[int]:
-    """Class indices drawn: the positive class for two classes, every class otherwise."""
-    return [len(classes) - 1] if len(classes) == 2 else list(range(len(classes)))
+def _model_order(predictions: dict[str, pd.DataFrame], classes: list[str], index: int) -> list[str]:
+    """Models with both classes among their labels, best AUROC of class ``index`` first."""
+    aurocs = {}
+    for model, table in predictions.items():
+        y, score = one_vs_rest(table, classes, index)
+        if len(np.unique(y)) == 2:
+            aurocs[model] = roc_auc_score(y, score)
+    return sorted(aurocs, key=lambda m: -aurocs[m])
 
 
-def _axes(n: int, size: float = 4.6) -> tuple[plt.Figure, list[plt.Axes]]:
-    columns = min(n, 3)
+def _curve_panels(
+    predictions: dict[str, pd.DataFrame], classes: list[str]
+) -> list[tuple[int, list[str], str]]:
+    """(class index, models, what the panel holds) of each panel of a curve figure.
+
+    More than :data:`MAX_CURVES` curves on one plot cannot be told apart, so two classes give
+    small multiples of the models ranked by AUROC; more classes give one panel per class with
+    its best models (the metric table has them all).
+    """
+    if len(classes) == 2:
+        order = _model_order(predictions, classes, 1)
+        starts = range(0, len(order), MAX_CURVES)
+        return [
+            (1, order[s : s + MAX_CURVES],
+             f"AUROC ranks {s + 1}-{min(s + MAX_CURVES, len(order))}" if len(order) > MAX_CURVES else "")
+            for s in starts
+        ] or [(1, [], "")]  # fmt: skip
+    panels = []
+    for index in range(len(classes)):
+        order = _model_order(predictions, classes, index)
+        note = f"best {MAX_CURVES} of {len(order)} by AUROC" if len(order) > MAX_CURVES else ""
+        panels.append((index, order[:MAX_CURVES], note))
+    return panels
+
+
+def _axes(n: int, size: float = 4.6, columns: int = 3) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A grid of ``n`` panels; constrained layout keeps titles, labels and ticks apart."""
+    columns = min(n, columns)
     rows = math.ceil(n / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(size * columns, size * rows), squeeze=False, layout="constrained"
+    )
     flat = list(axes.ravel())
     for extra in flat[n:]:
         extra.axis("off")
     return figure, flat[:n]
 
 
-def _title(classes: list[str], index: int, what: str) -> str:
+def _title(classes: list[str], index: int, what: str, note: str = "") -> str:
     if len(classes) == 2:
-        return f"{what}: {classes[index]} vs {classes[0]}"
-    return f"{what}: {classes[index]} vs rest"
+        title = f"{what}: {classes[index]} vs {classes[0]}"
+    else:
+        title = f"{what}: {classes[index]} vs rest"
+    return f"{title}\n{note}" if note else title
 
 
 def roc_figure(predictions: dict[str, pd.DataFrame], classes: list[str], path: str | Path) -> Path:
-    """ROC curves of all models on one plot (one panel per class for more than two)."""
-    panels = _panels(classes)
-    figure, axes = _axes(len(panels), size=5.2)
-    for axis, index in zip(axes, panels, strict=True):
-        for model, table in predictions.items():
-            y, score = one_vs_rest(table, classes, index)
-            if len(np.unique(y)) < 2:
-                continue
+    """ROC curves of every model, at most :data:`MAX_CURVES` per panel."""
+    panels = _curve_panels(predictions, classes)
+    figure, axes = _axes(len(panels), size=4.8)
+    for axis, (index, models, note) in zip(axes, panels, strict=True):
+        for model in models:
+            y, score = one_vs_rest(predictions[model], classes, index)
             fpr, tpr, _ = roc_curve(y, score)
             axis.plot(fpr, tpr, lw=1.6, label=f"{model} (AUC {roc_auc_score(y, score):.3f})")
         axis.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1)
         axis.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
-        axis.set_title(_title(classes, index, "ROC"))
+        axis.set_title(_title(classes, index, "ROC", note), fontsize=10)
         axis.legend(loc="lower right", fontsize=8)
         axis.set_aspect("equal")
     return save_figure(figure, path)
 
 
 def pr_figure(predictions: dict[str, pd.DataFrame], classes: list[str], path: str | Path) -> Path:
-    """Precision-recall curves of all models, with the prevalence as the chance line."""
-    panels = _panels(classes)
-    figure, axes = _axes(len(panels), size=5.2)
-    for axis, index in zip(axes, panels, strict=True):
+    """Precision-recall curves, with the prevalence as the chance line; panels as for ROC."""
+    panels = _curve_panels(predictions, classes)
+    figure, axes = _axes(len(panels), size=4.8)
+    for axis, (index, models, note) in zip(axes, panels, strict=True):
         prevalence = None
-        for model, table in predictions.items():
-            y, score = one_vs_rest(table, classes, index)
-            if len(np.unique(y)) < 2:
-                continue
+        for model in models:
+            y, score = one_vs_rest(predictions[model], classes, index)
             precision, recall, _ = precision_recall_curve(y, score)
             ap = average_precision_score(y, score)
             axis.step(recall, precision, where="post", lw=1.6, label=f"{model} (AP {ap:.3f})")
@@ -112,7 +144,7 @@ def pr_figure(predictions: dict[str, pd.DataFrame], classes: list[str], path: st
         axis.set(
             xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.02)
         )
-        axis.set_title(_title(classes, index, "Precision-recall"))
+        axis.set_title(_title(classes, index, "Precision-recall", note), fontsize=10)
         axis.legend(loc="lower left", fontsize=8)
     return save_figure(figure, path)
 
@@ -121,13 +153,11 @@ def calibration_figure(
     predictions: dict[str, pd.DataFrame], classes: list[str], path: str | Path, *, n_bins: int = 10
 ) -> Path:
     """Reliability diagram: observed frequency against mean predicted probability per bin."""
-    panels = _panels(classes)
-    figure, axes = _axes(len(panels), size=5.2)
-    for axis, index in zip(axes, panels, strict=True):
-        for model, table in predictions.items():
-            y, score = one_vs_rest(table, classes, index)
-            if len(np.unique(y)) < 2:
-                continue
+    panels = _curve_panels(predictions, classes)
+    figure, axes = _axes(len(panels), size=4.8)
+    for axis, (index, models, note) in zip(axes, panels, strict=True):
+        for model in models:
+            y, score = one_vs_rest(predictions[model], classes, index)
             observed, predicted = calibration_curve(y, score, n_bins=n_bins, strategy="uniform")
             brier = float(np.mean((score - y) ** 2))
             axis.plot(
@@ -136,7 +166,7 @@ def calibration_figure(
         axis.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="perfect")
         axis.set(xlabel=f"predicted P({classes[index]})", ylabel="observed frequency",
                  xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
-        axis.set_title(_title(classes, index, f"Calibration ({n_bins} bins)"))
+        axis.set_title(_title(classes, index, f"Calibration ({n_bins} bins)", note), fontsize=10)
         axis.legend(loc="upper left", fontsize=8)
         axis.set_aspect("equal")
     return save_figure(figure, path)
@@ -167,13 +197,13 @@ def confusion_figure(
     """One confusion matrix per model at the threshold the evaluation used."""
     thresholds = thresholds or {}
     models = list(predictions)
-    figure, axes = _axes(max(len(models), 1), size=3.4)
+    figure, axes = _axes(max(len(models), 1), size=2.8, columns=4)
     for axis, model in zip(axes, models, strict=False):
         truth, predicted = predicted_classes(predictions[model], classes, thresholds.get(model))
         matrix = confusion_matrix(truth, predicted, labels=list(range(len(classes))))
         axis.imshow(matrix, cmap="Blues")
         for (i, j), count in np.ndenumerate(matrix):
-            dark = count > matrix.max() / 2
+            dark = count > (matrix.min() + matrix.max()) / 2  # imshow spans min..max
             axis.text(
                 j, i, str(count), ha="center", va="center", color="white" if dark else "black"
             )
@@ -184,7 +214,7 @@ def confusion_figure(
         note = "arg-max" if len(classes) > 2 else (
             "cut " + ("/".join(f"{c:.2f}" for c in cuts) if cuts else "0.50")
         )  # fmt: skip
-        axis.set_title(f"{model} ({note})", fontsize=9)
+        axis.set_title(f"{model}\n{note}", fontsize=9)
     return save_figure(figure, path)
 
 
