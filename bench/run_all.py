@@ -33,6 +33,7 @@ SUMMARY = BENCH / "results.md"
 QUICK_ARGS = {
     "synth": ["--default-patients", "4", "--realistic-patients", "1"],
     "ingest": ["--repeats", "2"],
+    "collection": shlex.split("--patients 20 --files 4000 --ingest 1"),
     "register": ["--patients", "3"],
     "segment": ["--default", "1", "--tiny", "2"],
     "train": ["--steps", "2"],

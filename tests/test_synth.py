@@ -244,6 +244,30 @@ def test_ground_truth_aligns_with_ct(cohort):
         assert np.median(hu[t]) > HU[5] + 200  # denser than lung: ground glass or solid
 
 
+def test_lung_parenchyma_looks_like_a_chest_ct(cohort):
+    """Near -850 HU as real lungs (not the easy -970 of emphysema-dark phantoms), denser on the
+    dependent (posterior) side, heterogeneous, with noise correlated between neighbours."""
+    from scipy import ndimage
+
+    for pid in patient_ids(N_PATIENTS):
+        hu = sitk.GetArrayFromImage(_read_series(_series_dirs(cohort, pid)["ct"])).astype(float)
+        lung = sitk.GetArrayFromImage(
+            sitk.ReadImage(str(cohort / "ground_truth" / pid / "lungs.nii.gz"))
+        )
+        parenchyma = ndimage.binary_erosion(lung > 0, iterations=2) & (hu < -500)  # no vessels
+        values = hu[parenchyma]
+        assert -880 < np.median(values) < -830
+        assert np.percentile(values, 90) - np.percentile(values, 10) > 60  # not uniform
+        rows = np.nonzero(parenchyma)[1]  # y: anterior (small) to posterior (large) in LPS
+        back = parenchyma & (np.arange(hu.shape[1]) > np.median(rows))[None, :, None]
+        front = parenchyma & ~back
+        assert np.median(hu[back]) - np.median(hu[front]) > 10
+        residual = hu - ndimage.uniform_filter(hu, size=(1, 7, 7))
+        pairs = parenchyma[:, :, :-1] & parenchyma[:, :, 1:]
+        r = np.corrcoef(residual[:, :, :-1][pairs], residual[:, :, 1:][pairs])[0, 1]
+        assert r > 0.4  # a reconstruction kernel's correlated noise, not white noise
+
+
 def test_true_transform(cohort):
     for pid in patient_ids(N_PATIENTS):
         truth = _truth(cohort, pid)

@@ -37,6 +37,10 @@ HU[[AIR, FAT, MUSCLE, SOFT, MEDIASTINUM, LUNG, VESSEL, AIRWAY, HEART_WALL, BLOOD
 ]
 HU[[CORTICAL, MARROW, CANAL, RIB, TABLE, LIVER, NODE]] = [750, 230, 15, 550, 120, 58, 35]
 HU[list(TUMOUR_LABELS)] = [-520, 35, 95, 12, -960]
+# Lung parenchyma (mean HU[LUNG]): anterior-to-posterior rise, texture SD and its length
+DEPENDENT_GRADIENT_HU = 60.0
+PARENCHYMA_TEXTURE_HU = 35.0
+PARENCHYMA_TEXTURE_MM = 2.5
 
 # SUV per label; the heart wall and the tumour's solid parts are set per patient
 SUV = np.zeros(N_LABELS, dtype=np.float32)
@@ -427,19 +431,39 @@ def gaussian_blur(
 def hu_image(
     labels: np.ndarray, anatomy: Anatomy, axes_spacing, rng, *, noise_hu: float
 ) -> np.ndarray:
-    """HU from the labels with a posterior lung density gradient, partial volume and noise."""
+    """HU from the labels, with lung parenchyma as a chest CT shows it, partial volume and noise.
+
+    The parenchyma is denser on the dependent side (supine: posterior) by
+    :data:`DEPENDENT_GRADIENT_HU` across the lungs, and heterogeneous: a smooth texture of
+    :data:`PARENCHYMA_TEXTURE_HU` SD and :data:`PARENCHYMA_TEXTURE_MM` correlation length, so
+    a fixed threshold meets lungs that are not uniformly dark. The noise is correlated over
+    neighbouring voxels, as a reconstruction kernel leaves it, with SD ``noise_hu``.
+    """
     hu = HU[labels]
-    # dependent lung is denser (gravity, supine patient): up to +60 HU posteriorly
     lung = labels == LUNG
-    ny = labels.shape[1]
-    gradient = np.linspace(-30.0, 30.0, ny, dtype=np.float32)[None, :, None]
-    hu = np.where(lung, hu + gradient, hu)
+    hu = np.where(lung, hu + _parenchyma(lung, axes_spacing, rng), hu)
     sigma_vox = [0.35, 0.6, 0.6]  # z, y, x: the reconstruction kernel's blur
     hu = gaussian_blur(hu, sigma_vox, truncate=2.5)
-    hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(
-        noise_hu
-    )  # float32: 2x faster
-    return hu
+    noise = gaussian_blur(rng.standard_normal(hu.shape, dtype=np.float32), [0.0, 0.7, 0.7])
+    noise *= np.float32(noise_hu / max(float(noise.std()), 1e-6))
+    return hu + noise
+
+
+def _parenchyma(lung: np.ndarray, axes_spacing, rng) -> np.ndarray:
+    """The parenchyma's deviation from its mean HU: the dependent-side ramp plus texture."""
+    rows = np.flatnonzero(lung.any(axis=(0, 2)))  # y rows (anterior to posterior) with lung
+    ny = lung.shape[1]
+    if rows.size:
+        span = max(int(rows[-1] - rows[0]), 1)
+        ramp = np.clip((np.arange(ny) - rows[0]) / span, 0.0, 1.0) - 0.5
+    else:
+        ramp = np.zeros(ny)
+    ramp = (DEPENDENT_GRADIENT_HU * ramp).astype(np.float32)[None, :, None]
+    x, y, z = (float(v) for v in axes_spacing)
+    sigma = [PARENCHYMA_TEXTURE_MM / z, PARENCHYMA_TEXTURE_MM / y, PARENCHYMA_TEXTURE_MM / x]
+    texture = gaussian_blur(rng.standard_normal(lung.shape, dtype=np.float32), sigma)
+    texture *= np.float32(PARENCHYMA_TEXTURE_HU / max(float(texture.std()), 1e-6))
+    return ramp + texture
 
 
 def suv_image(labels: np.ndarray, anatomy: Anatomy, *, origin, spacing, size) -> np.ndarray:
