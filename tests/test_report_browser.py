@@ -30,6 +30,17 @@ def _chromium_flags(profile: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _screenshot(page: Path, tmp_path: Path, *, height: int) -> Path:
+    shot = tmp_path / "page.png"
+    done = subprocess.run(
+        [*_chromium_flags(tmp_path / "profile"), "--hide-scrollbars",
+         f"--window-size=1280,{height}", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return shot
+
+
 @pytest.fixture(scope="module")
 def page(tmp_path_factory) -> Path:
     if not CHROMIUM.is_file() or shutil.which(str(CHROMIUM)) is None:
@@ -76,14 +87,7 @@ def test_browser_dom_has_tables_and_figures(page: Path, tmp_path: Path):
 
 
 def test_browser_screenshot(page: Path, tmp_path: Path):
-    shot = tmp_path / "page.png"
-    done = subprocess.run(
-        [*_chromium_flags(tmp_path / "profile"), "--hide-scrollbars", "--window-size=1280,2400",
-         f"--screenshot={shot}", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    data = shot.read_bytes()
+    data = _screenshot(page, tmp_path, height=2400).read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 50_000  # a page with content, not blank
 
 
@@ -123,13 +127,6 @@ def test_browser_shows_every_model_in_figures_that_fit_the_page(page_of_the_main
             width, height = image.size
         # small multiples of a few panels, not one giant plot or a sliver
         assert 600 <= width <= 2200 and 300 <= height <= 2600, (name, image.size)
-    shot = tmp_path / "page.png"
-    done = subprocess.run(
-        [*_chromium_flags(tmp_path / "profile"), "--hide-scrollbars", "--window-size=1280,4000",
-         f"--screenshot={shot}", page_of_the_main_job.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    with Image.open(shot) as image:
+    with Image.open(_screenshot(page_of_the_main_job, tmp_path, height=4000)) as image:
         pixels = np.asarray(image.convert("L"))
     assert pixels.shape == (4000, 1280) and pixels.std() > 20  # a page with content, not blank
