@@ -24,12 +24,10 @@ to place annotation boxes keyed by SOPInstanceUID.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from scipy import ndimage
 
 from lungfusion.errors import PatientInputError
+from lungfusion.ingest.index import gc_paused
 from lungfusion.ingest.native import read_native_header
 from lungfusion.ingest.suv import suv_factor
 
@@ -386,7 +385,7 @@ def load_slices(
     slices: list[Slice] = []
     datasets: list[Dataset] = []
     buffer = _SliceBuffer(len(files))
-    with _gc_paused():
+    with gc_paused():
         for index, path in enumerate(files):
             native = None if all_headers or index == 0 else _native_slice(str(path), buffer)
             if native is not None:
@@ -396,19 +395,6 @@ def load_slices(
             slices.extend(file_slices)
             datasets.append(ds)
     return slices, datasets
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while the headers' many small objects are made: they are
-    all kept, and the collector's passes over them cost about a tenth of a series read."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 # ---------------------------------------------------------------- geometry
