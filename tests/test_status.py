@@ -66,6 +66,10 @@ def test_an_interrupted_stage_leaves_no_final_image_and_no_sidecar(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, work)
     assert list((tmp_path / "out").iterdir()) == []
+    # a staging folder a SIGKILL left behind goes at the patient's next run
+    (tmp_path / "out" / ".segment-P1-killed").mkdir()
+    _run(tmp_path, lambda staging, timer: {"outputs": {}})
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["segment.json"]
 
 
 def test_the_first_failure_travels_down_the_stages(tmp_path):

@@ -117,6 +117,8 @@ def run_patient_stage(
         write_json_atomic(sidecar_path, payload)
         return payload
     timer = Timer()
+    for killed in image_dir.glob(f".{stage}-{patient}-*"):  # a killed run's staging folder
+        shutil.rmtree(killed, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{stage}-{patient}-", dir=image_dir))
     try:
         try:
