@@ -15,14 +15,15 @@ from pydicom.uid import generate_uid
 
 from lungfusion.cli import main as cli_main
 from lungfusion.commands.index import build_series_table
+from lungfusion.ingest.select import choose_series
 
 LUNG1 = "dicom/nsclc-radiomics-LUNG1-001/ct"
 STS = "dicom/sts-001"
 
 
-def _copy(files, folder, *, patient, prefix="im", study=None, frame=None, date=None, blank=False):
-    """Copy ``files`` as one series of ``patient``; ``blank`` empties the dataset's UIDs the way
-    some anonymisers do, leaving the file meta's."""
+def _copy(files, folder, *, patient, prefix="im", study=None, frame=None, date=None, blank=""):
+    """Copy ``files`` as one series of ``patient``; ``blank`` ("empty" or "absent") empties or
+    removes the dataset's UIDs the way some anonymisers do, leaving the file meta's."""
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = generate_uid()
     for index, path in enumerate(files):
@@ -37,10 +38,11 @@ def _copy(files, folder, *, patient, prefix="im", study=None, frame=None, date=N
             ds.FrameOfReferenceUID = frame
         if date:
             ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = date
-        if blank:
-            ds.SOPClassUID = ""
-            ds.SOPInstanceUID = ""
-            ds.SeriesInstanceUID = ""
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID") if blank else ():
+            if blank == "absent":
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, "")
         ds.save_as(folder / f"{prefix}{index:03d}.dcm", enforce_file_format=False)
 
 
@@ -89,14 +91,54 @@ def test_earliest_takes_the_ct_only_study_and_says_why_the_pet_is_left(two_studi
     assert "not in the earliest study" in table.loc["PS/2010-petct/ct", "reason"]
 
 
+def _ct_row(study: str, date: str, coverage_mm: float) -> dict:
+    """An index row of a usable axial CT alone in its study (no time: anonymisers drop it)."""
+    return dict(
+        patient_id="PD", study_uid=study, series_uid=f"{study}.1", frame_of_reference=f"{study}.2",
+        modality="CT", sop_class="1.2.840.10008.5.1.4.1.1.2", image_type="ORIGINAL\\PRIMARY\\AXIAL",
+        n_images=100, n_frames=100, slice_thickness_mm=3.0, coverage_mm=coverage_mm,
+        orientation="axial", series_date=date, series_time="",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("dates", "study_choice", "chosen", "note"),
+    [
+        # Dates without times still order the studies (the later study comes first in the index).
+        (("20100415", "20090301"), "earliest", "1.1", "the earliest study"),
+        (("20100415", "20090301"), "latest", "2.1", "the latest study"),
+        # An undated study is neither the earliest nor the latest.
+        (("", "20100415"), "earliest", "1.1", "the earliest study"),
+        (("", "20090301"), "latest", "1.1", "the latest study"),
+        # Without any dates the CT rules decide (here: the better coverage) and say so.
+        (("", ""), "earliest", "2.1", "no series dates, so the CT rules chose across studies"),
+    ],
+)
+def test_latest_and_earliest_order_studies_by_date(dates, study_choice, chosen, note):
+    rows = [_ct_row("2", dates[0], 400.0), _ct_row("1", dates[1], 300.0)]
+    table = choose_series(
+        pd.DataFrame(rows), ["PD"], ct_slice_thickness_mm=(0.5, 5.0), study_choice=study_choice
+    ).set_index("series_uid")
+    assert table.loc[chosen, "chosen"] == "CT"
+    reason = f"chosen CT (ingest.study_choice {study_choice}: {note}); no usable PET: CT-only"
+    assert table.loc[chosen, "reason"] == reason
+    other = table.drop(chosen).iloc[0]
+    assert other.chosen == ""
+    if note.startswith("no series dates"):
+        assert other.reason == "usable CT, but another is preferred (coverage, then thinner slices)"
+    else:
+        assert other.reason.startswith(f"usable CT, but not in the {study_choice} study")
+        assert other.reason.endswith("; this series has no date)") == (other.series_date == "")
+
+
 @pytest.fixture(scope="module")
 def anonymised(fixtures_dir, tmp_path_factory):
-    """The same real CT and PET written twice: with their UIDs, and with the dataset's SOP class,
-    SOP instance and series UIDs blank, both series in one folder."""
+    """The same real CT and PET written three times: with their UIDs, and with the dataset's SOP
+    class, SOP instance and series UIDs empty or absent, both series in one folder."""
     roots = {}
     ct = sorted((fixtures_dir / STS / "ct-cropped").iterdir())[20:26]
     pet = sorted((fixtures_dir / STS / "pet-suv-cropped").iterdir())[20:26]
-    for name, blank in (("intact", False), ("blank", True)):
+    for name, blank in (("intact", ""), ("blank", "empty"), ("absent", "absent")):
         root = tmp_path_factory.mktemp(name) / "dicom"
         _copy(ct, root / "PX" / "all", patient="PX", prefix="ct", blank=blank)
         _copy(pet, root / "PX" / "all", patient="PX", prefix="pet", blank=blank)
@@ -104,13 +146,15 @@ def anonymised(fixtures_dir, tmp_path_factory):
     return roots
 
 
-def test_blank_uids_fall_back_to_the_file_meta(anonymised, tmp_path):
-    written = next((anonymised["blank"] / "PX" / "all").iterdir())
+@pytest.mark.parametrize("variant", ["blank", "absent"])
+def test_blank_uids_fall_back_to_the_file_meta(anonymised, tmp_path, variant):
+    written = next((anonymised[variant] / "PX" / "all").iterdir())
     ds = pydicom.dcmread(written)
-    assert ds.SOPInstanceUID == "" and ds.SeriesInstanceUID == ""  # the quirk is really there
+    assert not ds.get("SOPInstanceUID") and not ds.get("SeriesInstanceUID")  # the quirk is there
+    assert ("SOPClassUID" in ds) == (variant == "blank")
     assert ds.file_meta.MediaStorageSOPInstanceUID
     table = build_series_table(
-        anonymised["blank"], ["PX"], tmp_path / "series.tsv",
+        anonymised[variant], ["PX"], tmp_path / "series.tsv",
         ct_slice_thickness_mm=(0.5, 5.0), study_choice="paired",
     )  # fmt: skip
     assert sorted(table.chosen) == ["CT", "PT"]  # grouped apart though both UIDs are blank
@@ -119,7 +163,7 @@ def test_blank_uids_fall_back_to_the_file_meta(anonymised, tmp_path):
         assert "SeriesInstanceUID (0020,000E) blank" in note
         assert "SOPClassUID (0008,0016) blank" in note
     again = build_series_table(
-        anonymised["blank"], ["PX"], tmp_path / "again.tsv",
+        anonymised[variant], ["PX"], tmp_path / "again.tsv",
         ct_slice_thickness_mm=(0.5, 5.0), study_choice="paired",
     )  # fmt: skip
     assert list(again.series_uid) == list(table.series_uid)  # stand-in UIDs are repeatable
@@ -146,9 +190,10 @@ def _index_and_ingest(root, out_dir, repo_dir):
     return out_dir / "PX"
 
 
-def test_anonymised_series_ingest_like_the_intact_ones(anonymised, tmp_path, repo_dir):
+@pytest.mark.parametrize("variant", ["blank", "absent"])
+def test_anonymised_series_ingest_like_the_intact_ones(anonymised, tmp_path, repo_dir, variant):
     intact = _index_and_ingest(anonymised["intact"], tmp_path / "intact", repo_dir)
-    blank = _index_and_ingest(anonymised["blank"], tmp_path / "blank", repo_dir)
+    blank = _index_and_ingest(anonymised[variant], tmp_path / "blank", repo_dir)
     for name in ("ct.nii.gz", "pet_suv.nii.gz"):
         a, b = (sitk.ReadImage(str(folder / name)) for folder in (intact, blank))
         assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
@@ -158,7 +203,7 @@ def test_anonymised_series_ingest_like_the_intact_ones(anonymised, tmp_path, rep
     # The slice map keeps the instance UIDs (annotation boxes are keyed by them).
     meta_uids = {
         pydicom.dcmread(path, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID
-        for path in (anonymised["blank"] / "PX" / "all").iterdir()
+        for path in (anonymised[variant] / "PX" / "all").iterdir()
     }
     assert {entry["sop_instance_uid"] for entry in sidecar["ct_slices"]} <= meta_uids
     assert len(sidecar["ct_slices"]) == 6

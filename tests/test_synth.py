@@ -329,6 +329,53 @@ def test_deterministic(cohort, tmp_path):
     assert a.StudyInstanceUID != b.StudyInstanceUID
 
 
+def test_prior_ct_only_study_is_its_own_study_and_changes_no_ground_truth(cohort, tmp_path):
+    """An earlier CT-only study (synthetic.fraction_with_prior_study) is added beside the PET/CT
+    study: its own study, frame of reference and earlier date, a CT reaching further down; the
+    rest of the cohort, ground truth and PET/CT files, is what it would be without it."""
+    with_prior = tmp_path / "with_prior"
+    generate_cohort(with_prior, **COHORT_ARGS, fraction_with_prior_study=0.25)
+    (pid,) = json.loads((with_prior / "ground_truth" / "cohort.json").read_text())[
+        "with_prior_ct_study"
+    ]
+    truth = _truth(with_prior, pid)
+    assert truth["has_pet"]  # only a PET/CT patient gets the decoy study
+    roles = _series_dirs(with_prior, pid)
+    prior = pydicom.dcmread(next(roles["prior_ct"].glob("*.dcm")), stop_before_pixels=True)
+    ct = pydicom.dcmread(next(roles["ct"].glob("*.dcm")), stop_before_pixels=True)
+    assert prior.Modality == "CT" and prior.StudyInstanceUID == truth["prior_study"]["study_uid"]
+    assert prior.StudyInstanceUID != ct.StudyInstanceUID
+    assert prior.FrameOfReferenceUID != ct.FrameOfReferenceUID
+    assert prior.StudyDate == truth["prior_study"]["study_date"] < ct.StudyDate
+    assert len({p.parent.parent for p in (with_prior / "dicom" / pid).rglob("*.dcm")}) == 2
+    prior_z = _read_series(roles["prior_ct"]).GetOrigin()[2]
+    assert prior_z < _read_series(roles["ct"]).GetOrigin()[2]  # covers more: a real decoy
+    # Nothing else moves: the sheet, the latents and every file of the PET/CT studies.
+    for name in ("clinical.tsv", "ground_truth/latents.tsv", "ground_truth/oracle.tsv"):
+        assert (with_prior / name).read_bytes() == (cohort / name).read_bytes()
+    prior_files = set(roles["prior_ct"].glob("*.dcm"))
+    for patient in patient_ids(N_PATIENTS):
+        old, new = _truth(cohort, patient), _truth(with_prior, patient)
+        new["series_uids"].pop("prior_ct", None)
+        new.pop("prior_study", None)
+        assert new == old
+        files = _patient_files(with_prior, patient, leave_out=prior_files)
+        assert files == _patient_files(cohort, patient)
+        for file in files:
+            assert (with_prior / file).read_bytes() == (cohort / file).read_bytes(), file
+
+
+def _patient_files(cohort: Path, pid: str, leave_out=frozenset()) -> list[Path]:
+    """A patient's DICOM files and ground-truth images, relative to the cohort folder."""
+    truth = cohort / "ground_truth" / pid
+    found = [
+        *truth.glob("*.nii.gz"),
+        *truth.glob("*.tfm"),
+        *(cohort / "dicom" / pid).rglob("*.dcm"),
+    ]
+    return sorted(path.relative_to(cohort) for path in found if path not in leave_out)
+
+
 def test_invalid_arguments(tmp_path):
     with pytest.raises(ValueError, match="preset"):
         generate_cohort(tmp_path, preset="huge", n_patients=1, seed=1)

@@ -8,7 +8,8 @@
 - Several studies: ``study_choice`` first narrows the CTs to one study's. ``paired`` (the
   default) keeps the CTs that have an attenuation-corrected PET in their frame of reference,
   else in their study, so a PET/CT study wins over an earlier CT-only one; ``latest`` and
-  ``earliest`` keep the CTs of the study scanned last or first.
+  ``earliest`` keep the CTs of the study scanned last or first (by series date; an
+  undated study is neither, and without any dates the CT rules decide).
 - PET: an attenuation-corrected PET image series (``CorrectedImage`` has ATTN) in BQML, CNTS or
   GML, in the chosen CT's frame of reference or study (frame of reference first), closest in
   time to the CT.
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
-from lungfusion.ingest.suv import combine
+from lungfusion.ingest.suv import combine, parse_date, parse_time
 
 MIN_SLICES = 3
 COVERAGE_MARGIN_MM = 20.0
@@ -118,6 +119,16 @@ def _when(row: Mapping) -> dt.datetime | None:
         return None
 
 
+def _day(row: Mapping) -> dt.datetime | None:
+    """When the series was scanned, for ordering studies: its date, and its time if it has one
+    (anonymisers often keep the date and drop the time)."""
+    try:
+        day = parse_date(_text(row.get("series_date")))
+        return day and day + (parse_time(_text(row.get("series_time"))) or dt.timedelta(0))
+    except ValueError:
+        return None
+
+
 def _pairing(ct: Mapping, pets: list[Mapping]) -> int:
     """2: a usable PET shares the CT's frame of reference; 1: only its study; 0: neither."""
     frame, study = _text(ct.get("frame_of_reference")), _text(ct.get("study_uid"))
@@ -130,7 +141,8 @@ PAIRING_WORDS = {2: "a PET in its frame of reference", 1: "a PET in its study", 
 
 
 def _study_preference(rows: pd.DataFrame, limits, study_choice: str) -> tuple[dict[int, str], str]:
-    """Usable CTs set aside by ``study_choice`` (index -> reason) and what the kept ones share.
+    """Usable CTs set aside by ``study_choice`` (index -> reason), and a note for the chosen
+    CT's reason: what the kept CTs share, or why none was set aside ("" when there is one study).
 
     ``paired`` keeps the CTs with the best PET partner, so an earlier CT-only study never takes a
     PET/CT patient's PET away; ``latest`` and ``earliest`` keep the CTs of one study by date.
@@ -142,17 +154,23 @@ def _study_preference(rows: pd.DataFrame, limits, study_choice: str) -> tuple[di
         pets = [row for _, row in rows.iterrows() if pet_problem(row) is None]
         score = {i: _pairing(row, pets) for i, row in cts.items()}
         best = max(score.values())
-        return {
+        set_aside = {
             i: f"usable CT, but another study's CT has {PAIRING_WORDS[best]} (this one: "
             f"{PAIRING_WORDS[score[i]]})"
             for i in cts
             if score[i] < best
-        }, f"the study with {PAIRING_WORDS[best]}"
-    when = {i: _when(row) or dt.datetime.min for i, row in cts.items()}
+        }
+        return set_aside, f"the study with {PAIRING_WORDS[best]}" if set_aside else ""
+    # An undated study is neither the latest nor the earliest; with no dates at all the CT
+    # rules decide, and the chosen CT's reason says so.
+    dated = {i: day for i, row in cts.items() if (day := _day(row)) is not None}
+    if not dated:
+        return {}, "no series dates, so the CT rules chose across studies"
     pick = max if study_choice == "latest" else min
-    study = _text(cts[pick(when, key=when.get)].get("study_uid"))
+    study = _text(cts[pick(dated, key=dated.get)].get("study_uid"))
     return {
-        i: f"usable CT, but not in the {study_choice} study (ingest.study_choice)"
+        i: f"usable CT, but not in the {study_choice} study (ingest.study_choice"
+        f"{'' if i in dated else '; this series has no date'})"
         for i, row in cts.items()
         if _text(row.get("study_uid")) != study
     }, f"the {study_choice} study"
@@ -314,7 +332,7 @@ def _override(rows: pd.DataFrame, patient: str, modality: str, overrides) -> int
 def _choose_for_patient(table, rows, patient, limits, study_choice, overrides) -> None:
     set_aside, kept = _study_preference(rows, limits, study_choice)
     ct_index, reasons = _choose_ct(rows, limits, set_aside)
-    if set_aside and ct_index is not None:
+    if kept and ct_index is not None:
         reasons[ct_index] += f" (ingest.study_choice {study_choice}: {kept})"
     forced_ct = _override(rows, patient, "CT", overrides)
     if forced_ct is not None:
