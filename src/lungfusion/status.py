@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def failure_of(record: Mapping | None, *, stage: str, path: Path | None = None) 
         return dict(upstream)
     error = record.get("error")
     if isinstance(error, Mapping):
-        message = error.get("text") or error.get("message")
+        message = error.get("text") or _error_text(error)
     else:
         message = str(error) if error else None
     return {
@@ -53,6 +52,15 @@ def failure_of(record: Mapping | None, *, stage: str, path: Path | None = None) 
         "message": message or str(record.get("reason") or f"{stage} {status}"),
         "error": dict(error) if isinstance(error, Mapping) else None,
     }
+
+
+def _error_text(error: Mapping) -> str | None:
+    """The line a sidecar written before ``text`` existed would have had: names patient,
+    series, file and tag (a workdir kept across an upgrade holds such sidecars)."""
+    if not error.get("message"):
+        return None
+    fields = {key: error.get(key) for key in ("patient", "series", "file", "tag")}
+    return str(PatientInputError(str(error["message"]), **fields))
 
 
 def read_failure(path: Path, stage: str) -> dict | None:
@@ -77,6 +85,16 @@ def first_upstream_failure(sidecars: Mapping[str, Path]) -> dict | None:
 def describe(failure: Mapping) -> str:
     """One line for tables and logs: ``ingest failed: <message>``."""
     return f"{failure.get('stage')} {failure.get('status', 'failed')}: {failure.get('message')}"
+
+
+def staging_dir(image_dir: Path, stage: str, patient: str) -> Path:
+    """Where ``patient``'s images wait until the stage succeeds.
+
+    One fixed name per stage and patient: a run removes only its own leftovers. (A glob such
+    as ``.roi-P1-*`` would also match the live folder of patient ``P1-2`` running beside it in
+    the shared ``results/roi``.)
+    """
+    return image_dir / f".{stage}-{patient}.staging"
 
 
 def _remove(paths: Iterable[Path]) -> None:
@@ -117,9 +135,9 @@ def run_patient_stage(
         write_json_atomic(sidecar_path, payload)
         return payload
     timer = Timer()
-    for killed in image_dir.glob(f".{stage}-{patient}-*"):  # a killed run's staging folder
-        shutil.rmtree(killed, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{stage}-{patient}-", dir=image_dir))
+    staging = staging_dir(image_dir, stage, patient)
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's leftovers
+    staging.mkdir()
     try:
         try:
             result = work(staging, timer)
