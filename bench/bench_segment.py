@@ -26,7 +26,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from lungfusion.config import section_settings
-from lungfusion.imaging.roi import hotspot_grid
 from lungfusion.imaging.rtstruct import rtstruct_to_mask
 from lungfusion.imaging.segment import dice, segment_lungs, tumour_inclusive_region
 
@@ -38,6 +37,7 @@ ROI_SHAPE = tuple(section_settings({}, "roi")["shape"])
 
 
 def measure(ct, lungs_truth, tumour, pet=None, repeats=3) -> dict:
+    from test_segment import roi_placement
     from test_synth import parenchyma_measures
 
     times, cpu = [], []
@@ -62,24 +62,10 @@ def measure(ct, lungs_truth, tumour, pet=None, repeats=3) -> dict:
         "region_cover": float(inside[tumour].mean()) if tumour.any() else float("nan"),
         "region_ratio": float(inside.sum() / (lungs_truth > 0).sum()),
         **parenchyma_measures(sitk.GetArrayFromImage(ct), lungs_truth),
-        "roi_pet": None if pet is None else roi_placement(ct, pet, region, labels, tumour),
-        "roi_ct": roi_placement(ct, None, region, labels, tumour),
-    }
-
-
-def roi_placement(ct, pet, region, lungs, tumour) -> dict:
-    """Where the ROI stage puts its box against the true tumour: the share of the tumour's
-    voxels inside the box and the distance from the box centre to the tumour's centroid."""
-    grid, info = hotspot_grid(ct, pet, region, shape=ROI_SHAPE, lungs=lungs)
-    first, last = (np.array(corner) for corner in grid.corner_index(ct))  # x, y, z indices
-    low, high = np.minimum(first, last), np.maximum(first, last)
-    voxels = np.argwhere(tumour)[:, ::-1]  # x, y, z
-    inside = np.all((voxels >= low - 0.5) & (voxels <= high + 0.5), axis=1)
-    offset = ((low + high) / 2 - voxels.mean(axis=0)) * np.array(ct.GetSpacing())
-    return {
-        "placement": info["placement"],
-        "tumour_in_box": float(inside.mean()),
-        "offset_mm": float(np.linalg.norm(offset)),
+        "roi_pet": None
+        if pet is None
+        else roi_placement(ct, pet, region, labels, tumour, ROI_SHAPE),
+        "roi_ct": roi_placement(ct, None, region, labels, tumour, ROI_SHAPE),
     }
 
 
@@ -102,7 +88,7 @@ def lung1_case() -> tuple:
 
 
 def synthetic_cases(n: int, preset: str, seed: int, folder: Path):
-    from test_segment import _read_ct_series
+    from test_segment import _read_ct_series, true_pet_on_ct
 
     from lungfusion.synth import generate_cohort
 
@@ -111,14 +97,7 @@ def synthetic_cases(n: int, preset: str, seed: int, folder: Path):
         ct = _read_ct_series(folder / "dicom" / truth_dir.name)
         lungs = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_dir / "lungs.nii.gz")))
         tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_dir / "tumour.nii.gz"))) > 0
-        yield f"{truth_dir.name} ({preset})", ct, lungs, tumour, _pet_on_ct(truth_dir, ct)
-
-
-def _pet_on_ct(truth_dir: Path, ct: sitk.Image) -> sitk.Image:
-    """The true SUV on the CT grid through the true PET-to-CT motion: perfect registration."""
-    suv = sitk.ReadImage(str(truth_dir / "pet_suv.nii.gz"))
-    transform = sitk.ReadTransform(str(truth_dir / "pet_to_ct.tfm"))
-    return sitk.Resample(suv, ct, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        yield f"{truth_dir.name} ({preset})", ct, lungs, tumour, true_pet_on_ct(truth_dir, ct)
 
 
 def main() -> None:
