@@ -288,7 +288,7 @@ def test_lung_parenchyma_looks_like_a_chest_ct(cohort):
         assert -880 < lung["median_hu"] < -830, pid
         assert lung["spread_hu"] > 60, pid  # not uniform
         assert lung["ap_halves_hu"] > 10, pid
-        assert 25 < lung["ap_trend_hu"] < 100, pid
+        assert 15 < lung["ap_trend_hu"] < 100, pid  # 60 HU drawn; texture and tumour blur it
         assert lung["residual_r"] > 0.4, pid  # a reconstruction kernel's noise, not white noise
 
 
