@@ -51,6 +51,7 @@ def measure(ct, lungs_truth, tumour, pet=None, repeats=3) -> dict:
         cpu.append(time.process_time() - start_cpu)
     found = sitk.GetArrayFromImage(labels)
     inside = sitk.GetArrayFromImage(region) > 0
+    with_pet = None if pet is None else roi_placement(ct, pet, region, labels, tumour, ROI_SHAPE)
     return {
         "seconds": statistics.median(times),
         "cpu_seconds": statistics.median(cpu),
@@ -62,9 +63,7 @@ def measure(ct, lungs_truth, tumour, pet=None, repeats=3) -> dict:
         "region_cover": float(inside[tumour].mean()) if tumour.any() else float("nan"),
         "region_ratio": float(inside.sum() / (lungs_truth > 0).sum()),
         **parenchyma_measures(sitk.GetArrayFromImage(ct), lungs_truth),
-        "roi_pet": None
-        if pet is None
-        else roi_placement(ct, pet, region, labels, tumour, ROI_SHAPE),
+        "roi_pet": with_pet,
         "roi_ct": roi_placement(ct, None, region, labels, tumour, ROI_SHAPE),
     }
 
