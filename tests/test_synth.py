@@ -244,28 +244,90 @@ def test_ground_truth_aligns_with_ct(cohort):
         assert np.median(hu[t]) > HU[5] + 200  # denser than lung: ground glass or solid
 
 
+def parenchyma_measures(hu: np.ndarray, lungs: np.ndarray) -> dict:
+    """How a CT's lungs look, for the synthetic cohort's tests and ``bench/bench_segment.py``.
+
+    The parenchyma is the reference lungs eroded by 2 voxels, vessels (above -500 HU) left
+    out. Measures: its median HU and 10-90% spread; the dependent density as the posterior
+    half's median minus the anterior half's (``ap_halves_hu``) and as the linear trend of HU
+    along y over the lungs' anterior-posterior extent (``ap_trend_hu``); the lag-1 in-plane
+    correlation of the residual to a 7 x 7 in-plane mean, away from edges and vessels
+    (``residual_r``: -0.03 for white noise). Arrays are (z, y, x) with y towards the
+    patient's back (LPS).
+    """
+    from scipy import ndimage
+
+    hu = np.asarray(hu, dtype=np.float32)
+    inside = ndimage.binary_erosion(lungs > 0, iterations=2) & (hu < -500)
+    values, rows = hu[inside], np.nonzero(inside)[1]
+    back = inside & (np.arange(hu.shape[1]) > np.median(rows))[None, :, None]
+    residual = hu - ndimage.uniform_filter(hu, size=(1, 7, 7))
+    # only where the filter saw parenchyma alone: an edge or a vessel in it would correlate
+    core = ndimage.binary_erosion(inside, structure=np.ones((1, 7, 7), dtype=bool))
+    pairs = core[:, :, :-1] & core[:, :, 1:]
+    return {
+        "median_hu": float(np.median(values)),
+        "spread_hu": float(np.percentile(values, 90) - np.percentile(values, 10)),
+        "ap_halves_hu": float(np.median(hu[back]) - np.median(hu[inside & ~back])),
+        "ap_trend_hu": float(np.polyfit(rows, values, 1)[0] * (rows.max() - rows.min())),
+        "residual_r": float(
+            np.corrcoef(residual[:, :, :-1][pairs], residual[:, :, 1:][pairs])[0, 1]
+        ),
+    }
+
+
 def test_lung_parenchyma_looks_like_a_chest_ct(cohort):
     """Near -850 HU as real lungs (not the easy -970 of emphysema-dark phantoms), denser on the
     dependent (posterior) side, heterogeneous, with noise correlated between neighbours."""
-    from scipy import ndimage
-
     for pid in patient_ids(N_PATIENTS):
-        hu = sitk.GetArrayFromImage(_read_series(_series_dirs(cohort, pid)["ct"])).astype(float)
-        lung = sitk.GetArrayFromImage(
+        hu = sitk.GetArrayFromImage(_read_series(_series_dirs(cohort, pid)["ct"]))
+        lungs = sitk.GetArrayFromImage(
             sitk.ReadImage(str(cohort / "ground_truth" / pid / "lungs.nii.gz"))
         )
-        parenchyma = ndimage.binary_erosion(lung > 0, iterations=2) & (hu < -500)  # no vessels
-        values = hu[parenchyma]
-        assert -880 < np.median(values) < -830
-        assert np.percentile(values, 90) - np.percentile(values, 10) > 60  # not uniform
-        rows = np.nonzero(parenchyma)[1]  # y: anterior (small) to posterior (large) in LPS
-        back = parenchyma & (np.arange(hu.shape[1]) > np.median(rows))[None, :, None]
-        front = parenchyma & ~back
-        assert np.median(hu[back]) - np.median(hu[front]) > 10
-        residual = hu - ndimage.uniform_filter(hu, size=(1, 7, 7))
-        pairs = parenchyma[:, :, :-1] & parenchyma[:, :, 1:]
-        r = np.corrcoef(residual[:, :, :-1][pairs], residual[:, :, 1:][pairs])[0, 1]
-        assert r > 0.4  # a reconstruction kernel's correlated noise, not white noise
+        lung = parenchyma_measures(hu, lungs)
+        assert -880 < lung["median_hu"] < -830, pid
+        assert lung["spread_hu"] > 60, pid  # not uniform
+        assert lung["ap_halves_hu"] > 10, pid
+        assert 15 < lung["ap_trend_hu"] < 100, pid  # 60 HU drawn; texture and tumour blur it
+        assert lung["residual_r"] > 0.4, pid  # a reconstruction kernel's noise, not white noise
+
+
+def _slab_of_lung() -> np.ndarray:
+    """Labels of a slab of lung in soft tissue, with a vessel and a ground-glass nodule."""
+    z, y, x = np.mgrid[0:20, 0:128, 0:128]
+    labels = np.full(z.shape, anat.SOFT, dtype=np.uint8)
+    lung = (np.abs(x - 64) < 56) & (np.abs(y - 64) < 56)
+    labels[lung] = anat.LUNG
+    labels[lung & ((x - 40) ** 2 + (y - 80) ** 2 < 9)] = anat.VESSEL
+    labels[lung & ((x - 88) ** 2 + (y - 40) ** 2 + 9 * (z - 10) ** 2 < 64)] = anat.TUMOUR_GGO
+    return labels
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default", "realistic"])
+def test_every_preset_renders_realistic_parenchyma(preset):
+    """Each preset's CT pixel size and noise: the parenchyma's level, dependent trend and
+    correlated noise, and vessels and ground-glass tumour still stand clear of the densest
+    (posterior) parenchyma, so a threshold or a radiologist can tell them apart."""
+    from scipy import ndimage
+
+    from lungfusion.synth.presets import get_preset
+
+    p = get_preset(preset)
+    labels = _slab_of_lung()
+    pixel = sum(p.ct_spacing_mm) / 2
+    spacing = (pixel, pixel, max(p.ct_thickness_mm))  # x, y, z
+    hu = anat.hu_image(labels, None, spacing, np.random.default_rng(5), noise_hu=p.ct_noise_hu)
+    lung = parenchyma_measures(hu, np.isin(labels, (anat.LUNG, anat.VESSEL)))
+    assert -875 < lung["median_hu"] < -845
+    assert 40 < lung["ap_trend_hu"] < 80  # DEPENDENT_GRADIENT_HU = 60 across the lung
+    assert lung["spread_hu"] > 60 and lung["residual_r"] > 0.4
+    parenchyma = ndimage.binary_erosion(labels == anat.LUNG, iterations=3)
+    densest = np.percentile(hu[parenchyma], 99.9)
+    assert densest < -650
+    vessel = ndimage.binary_erosion(labels == anat.VESSEL)
+    ground_glass = ndimage.binary_erosion(labels == anat.TUMOUR_GGO, iterations=2)
+    assert np.median(hu[ground_glass]) > densest + 100
+    assert np.median(hu[vessel]) > densest + 500
 
 
 def test_true_transform(cohort):
