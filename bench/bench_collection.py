@@ -129,7 +129,7 @@ def subset(root: Path, n: int) -> Path:
 
 INDEX_RUN = """
 import json, resource, sys, time
-from lungfusion.commands.index import build_series_table
+from lungfusion.ingest.index import build_series_table
 root, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ids = [f"Lung_Dx-A{i:04d}" for i in range(1, n + 1)]
 start = time.perf_counter()
@@ -169,7 +169,7 @@ print(json.dumps({"seconds": time.perf_counter() - start,
 
 def time_ingest(n_patients: int, work: Path) -> list[dict]:
     """Index + ingest of synthetic default-preset patients (real pixel data)."""
-    from lungfusion.commands.index import build_series_table
+    from lungfusion.ingest.index import build_series_table
     from lungfusion.synth import generate_cohort
 
     cohort = work / "synthetic"

@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from lungfusion.config import section_settings
-from lungfusion.imaging.rtstruct import rtstruct_to_mask
+from lungfusion.ingest.rtstruct import rtstruct_to_mask
 from lungfusion.imaging.segment import dice, segment_lungs, tumour_inclusive_region
 
 REPO = Path(__file__).resolve().parents[1]

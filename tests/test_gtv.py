@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from lungfusion.cli import main
 from lungfusion.errors import PatientInputError
-from lungfusion.imaging.rtstruct import gtv_mask, rtstruct_to_mask
+from lungfusion.ingest.rtstruct import gtv_mask, rtstruct_to_mask
 
 PID = "LUNG1-001"
 

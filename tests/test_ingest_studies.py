@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
 from lungfusion.cli import main as cli_main
-from lungfusion.commands.index import build_series_table
+from lungfusion.ingest.index import build_series_table
 from lungfusion.ingest.select import choose_series
 
 LUNG1 = "dicom/nsclc-radiomics-LUNG1-001/ct"

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from lungfusion.errors import PatientInputError
-from lungfusion.imaging.rtstruct import _fill_polygon, rtstruct_roi_names, rtstruct_to_mask
+from lungfusion.ingest.rtstruct import _fill_polygon, rtstruct_roi_names, rtstruct_to_mask
 
 
 def test_fill_square_counts_pixel_centres_inside():

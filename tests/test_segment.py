@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 
 from lungfusion.commands import segment as segment_command
 from lungfusion.imaging.roi import hotspot_grid
-from lungfusion.imaging.rtstruct import rtstruct_to_mask
+from lungfusion.ingest.rtstruct import rtstruct_to_mask
 from lungfusion.imaging.segment import (
     LEFT_LUNG,
     RIGHT_LUNG,

@@ -77,6 +77,13 @@ def section_settings(config: dict, name: str) -> dict:
     return section
 
 
+def section_with_defaults(config: dict, name: str) -> dict:
+    """One config section, its missing keys filled with the schema's defaults (not checked
+    again: the command line validates the whole config when it loads it; a stage called from
+    Python with a partial config gets the same defaults)."""
+    return {**section_settings({}, name), **copy.deepcopy(config.get(name) or {})}
+
+
 def deep_merge(base: dict, overrides: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in overrides.items():

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungfusion.artifacts import Timer, atomic_path, write_json_atomic
+from lungfusion.artifacts import Timer, write_json_atomic
+from lungfusion.config import section_with_defaults
 from lungfusion.errors import PatientInputError
 
 log = logging.getLogger(__name__)
@@ -61,74 +62,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------ imaging
 
 
-def index_patient(dicom_dir: Path, work_dir: Path, patient: str, *, ingest: dict) -> Path:
-    """Index the folder as ONE patient, choose its CT and PET, write ``series.tsv`` as `index`."""
-    from lungfusion.commands.index import write_file_lists
-    from lungfusion.ingest.index import SERIES_COLUMNS, index_tree
-    from lungfusion.ingest.select import choose_series
-
-    if not dicom_dir.is_dir():
-        raise PatientInputError(f"DICOM folder not found: {dicom_dir}", patient=patient)
-    rows, files, _ = index_tree(dicom_dir)
-    series = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
-    if series.empty:
-        raise PatientInputError(f"no readable DICOM series under {dicom_dir}", patient=patient)
-    n_ids = series["patient_id"].astype(str).nunique()
-    if n_ids > 1:  # the IDs themselves may be PHI: give only their number
-        raise PatientInputError(
-            f"{dicom_dir} holds {n_ids} DICOM PatientIDs; give one patient's folder",
-            patient=patient,
-        )
-    series["patient_id"] = patient
-    table = choose_series(
-        series,
-        [patient],
-        ct_slice_thickness_mm=tuple(ingest["ct_slice_thickness_mm"]),
-        study_choice=ingest["study_choice"],
-    )
-    out = work_dir / "ingest" / "series.tsv"
-    write_file_lists(table, files, out.parent)
-    with atomic_path(out) as tmp:
-        table.to_csv(tmp, sep="\t", index=False)
-    return out
-
-
 def prepare_roi(dicom_dir: Path, work_dir: Path, config: dict, patient: str) -> dict:
     """Run index -> ingest -> register -> segment -> roi; return the ROI path and the facts."""
-    from lungfusion.commands.ingest import ingest_patient
-    from lungfusion.commands.register import register_patient
-    from lungfusion.commands.roi import ROI_DEFAULTS, make_roi
-    from lungfusion.commands.segment import SEGMENT_DEFAULTS, segment_patient
+    from lungfusion.imaging.register import register_patient
+    from lungfusion.imaging.roi import make_roi
+    from lungfusion.imaging.segment import segment_patient
+    from lungfusion.ingest.index import index_one_patient
+    from lungfusion.ingest.patient import ingest_patient
 
+    settings = {
+        name: section_with_defaults(config, name) for name in ("ingest", "register", "segment", "roi")
+    }
     timer = Timer()
     dirs = {name: work_dir / name / patient for name in ("ingest", "register", "segment")}
     for folder in dirs.values():
         folder.mkdir(parents=True, exist_ok=True)
     with timer("index"):
-        series = index_patient(dicom_dir, work_dir, patient, ingest=config["ingest"])
+        series = index_one_patient(
+            dicom_dir, work_dir / "ingest" / "series.tsv", patient,
+            ct_slice_thickness_mm=settings["ingest"]["ct_slice_thickness_mm"],
+            study_choice=settings["ingest"]["study_choice"],
+        )  # fmt: skip
     with timer("ingest"):
-        ingested = ingest_patient(patient, series, dirs["ingest"], config["ingest"])
+        ingested = ingest_patient(patient, series, dirs["ingest"], settings["ingest"])
     with timer("register"):
         registered = register_patient(
-            patient, dirs["ingest"], dirs["register"], dict(config["register"]), Timer(),
+            patient, dirs["ingest"], dirs["register"], settings["register"], Timer(),
             has_pet=bool(ingested["has_pet"]),
         )  # fmt: skip
     with timer("segment"):
-        segment_settings = {**SEGMENT_DEFAULTS, **(config.get("segment") or {})}
         segmented = segment_patient(
             dirs["register"] / "ct.nii.gz",
             dirs["segment"],
-            settings=segment_settings,
+            settings=settings["segment"],
             timer=Timer(),
         )
     npz = work_dir / "roi" / f"{patient}.npz"
-    roi_args = argparse.Namespace(
-        patient=patient, register_dir=dirs["register"], segment_dir=dirs["segment"],
-        ingest_dir=dirs["ingest"], out=npz,
-    )  # fmt: skip
     with timer("roi"):
         roi = make_roi(
-            roi_args, {**ROI_DEFAULTS, **(config.get("roi") or {})}, timer=Timer(),
+            patient, register_dir=dirs["register"], segment_dir=dirs["segment"],
+            ingest_dir=dirs["ingest"], settings=settings["roi"], timer=Timer(),
             npz_path=npz, png_path=npz.with_suffix(".png"),
         )  # fmt: skip
     registration = registered.get("registration") or {}

@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from lungfusion.artifacts import Timer, atomic_path, read_json, write_image_atomic
 from lungfusion.errors import PatientInputError
-from lungfusion.imaging.resample import resample_to_spacing
+from lungfusion.imaging.resample import resample_onto, resample_to_spacing, target_grid
+from lungfusion.status import run_patient_stage
 
 METHODS = ("rigid", "affine", "none")
 # CT intensities outside this window (HU) only spread the joint histogram (metal, table).
@@ -343,3 +346,117 @@ def mask_points(mask: sitk.Image, max_points: int | None = None, seed: int = 0) 
     origin = np.array(mask.GetOrigin())
     matrix = np.array(mask.GetDirection()).reshape(3, 3) * np.array(mask.GetSpacing())
     return origin + indices @ matrix.T
+
+
+# ------------------------------------------------------------------------- the register stage
+
+AIR_HU = -1024.0
+STAGE_IMAGES = ("ct.nii.gz", "pet.nii.gz", "gtv.nii.gz", "pet_to_ct.tfm")
+REGISTRATION_KEYS = (
+    "method",
+    "shrink_factors",
+    "smoothing_sigmas_mm",
+    "histogram_bins",
+    "sampling_fraction",
+    "max_iterations",
+    "pet_margin_mm",
+    "moving_mask_margin_mm",
+    "fixed_border_mm",
+    "min_relative_improvement",
+    "max_translation_mm",
+    "max_rotation_deg",
+    "seed",
+)
+
+
+def run_register_stage(patient: str, *, ingest_dir: Path, out_dir: Path, settings: dict) -> dict:
+    """Register and resample one patient with the ``register`` config section's ``settings``.
+
+    Reads ``ct.nii.gz``, ``pet_suv.nii.gz`` and ``ingest.json`` from ``ingest_dir`` and writes
+    ``ct.nii.gz`` (HU), ``pet.nii.gz`` (SUV; absent for CT-only patients), ``gtv.nii.gz`` (the
+    ingested GTV on the same grid, where there is one), ``pet_to_ct.tfm`` (CT physical point ->
+    PET physical point) and, last, ``register.json``, which it returns.
+    """
+
+    def work(staging: Path, timer: Timer) -> dict:
+        ingested = read_json(ingest_dir / "ingest.json")
+        has_pet = bool(ingested.get("has_pet", (ingest_dir / "pet_suv.nii.gz").is_file()))
+        return register_patient(patient, ingest_dir, staging, settings, timer, has_pet=has_pet)
+
+    return run_patient_stage(
+        stage="register",
+        patient=patient,
+        sidecar_path=out_dir / "register.json",
+        image_dir=out_dir,
+        image_names=STAGE_IMAGES,
+        record={"inputs": {"ingest_dir": str(ingest_dir)}, "parameters": settings},
+        work=work,
+        upstream={"ingest": ingest_dir / "ingest.json"},
+    )
+
+
+def _read_image(path: Path, patient: str) -> sitk.Image:
+    if not path.is_file():
+        raise PatientInputError(
+            f"missing ingest output {path.name}", patient=patient, file=str(path)
+        )
+    try:
+        return sitk.ReadImage(str(path), sitk.sitkFloat32)
+    except RuntimeError as error:
+        raise PatientInputError(
+            f"cannot read {path.name}: {error}", patient=patient, file=str(path)
+        ) from error
+
+
+def _resample_gtv(source: Path, ct: sitk.Image, spacing, out: Path, patient: str) -> bool:
+    """The GTV onto the registered CT's grid: its share of each target voxel (the CT's
+    antialiased linear resampling) at 0.5 or more is in, as a partial-volume majority."""
+    out.unlink(missing_ok=True)  # a GTV no longer ingested must not stay
+    if not source.is_file():
+        return False
+    share = resample_to_spacing(_read_image(source, patient), spacing, reference=ct)
+    write_image_atomic(sitk.Cast(share >= 0.5, sitk.sitkUInt8), out)
+    return True
+
+
+def register_patient(
+    patient: str, ingest_dir: Path, out_dir: Path, settings: dict, timer: Timer, *, has_pet: bool
+) -> dict:
+    """Register and resample one patient into ``out_dir``; return the sidecar's extra fields."""
+    spacing = settings["target_spacing_mm"]
+    with timer("read"):
+        ct = _read_image(ingest_dir / "ct.nii.gz", patient)
+        pet = _read_image(ingest_dir / "pet_suv.nii.gz", patient) if has_pet else None
+    result: dict = {"has_pet": has_pet, "warnings": [], "outputs": {"ct": "ct.nii.gz"}}
+    with timer("resample_ct"):
+        write_image_atomic(
+            resample_to_spacing(ct, spacing, default_value=AIR_HU), out_dir / "ct.nii.gz"
+        )
+    with timer("resample_gtv"):
+        if _resample_gtv(ingest_dir / "gtv.nii.gz", ct, spacing, out_dir / "gtv.nii.gz", patient):
+            result["outputs"]["gtv"] = "gtv.nii.gz"
+    if pet is None:
+        return result
+    with timer("register"):
+        kwargs = {key: settings[key] for key in REGISTRATION_KEYS if key in settings}
+        try:
+            transform, info = register_pet_to_ct(ct, pet, threads=settings["threads"], **kwargs)
+        except PatientInputError as error:
+            error.patient = patient
+            raise
+    with timer("resample_pet"):
+        pet_on_grid = resample_onto(pet, target_grid(ct, spacing), transform, default_value=0.0)
+        write_image_atomic(pet_on_grid, out_dir / "pet.nii.gz")
+    with atomic_path(out_dir / "pet_to_ct.tfm", suffix=".tfm") as tmp:
+        sitk.WriteTransform(transform, str(tmp))
+    result["outputs"].update({"pet": "pet.nii.gz", "transform": "pet_to_ct.tfm"})
+    result["warnings"] = info.pop("warnings")
+    result["registration"] = info
+    result["transform_parameters"] = list(transform.GetParameters())
+    result["grid"] = {
+        "size": pet_on_grid.GetSize(),
+        "spacing_mm": pet_on_grid.GetSpacing(),
+        "origin_mm": pet_on_grid.GetOrigin(),
+        "direction": pet_on_grid.GetDirection(),
+    }
+    return result

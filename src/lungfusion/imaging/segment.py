@@ -32,12 +32,19 @@ Example::
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
+
+from lungfusion.artifacts import Timer, write_image_atomic
+from lungfusion.errors import PatientInputError
+from lungfusion.status import run_patient_stage
+
+log = logging.getLogger(__name__)
 
 RIGHT_LUNG = 1
 LEFT_LUNG = 2
@@ -676,3 +683,73 @@ def _check_positive(name: str, value: float, *, allow_zero: bool) -> None:
         raise ValueError(
             f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}"
         )
+
+
+# -------------------------------------------------------------------------- the segment stage
+
+STAGE_IMAGES = ("lungs.nii.gz", "region.nii.gz")
+
+
+def run_segment_stage(patient: str, *, register_dir: Path, out_dir: Path, settings: dict) -> dict:
+    """Segment one patient's registered CT with the ``segment`` config section's ``settings``.
+
+    Reads ``{register_dir}/ct.nii.gz`` (HU on the target grid) and ``register.json``; writes
+    ``{out_dir}/lungs.nii.gz`` (uint8: 0 background, 1 right lung, 2 left lung),
+    ``region.nii.gz`` (uint8 0/1: lungs plus what a hilar, mediastinal or pleural tumour
+    occupies, used for cropping and masking) and last ``segment.json`` (status, volumes in mL,
+    warnings, timings), which it returns. A backend that cannot run here stops before any
+    patient is touched: it would fail them all.
+    """
+    check_backend(settings["backend"])
+
+    def work(staging: Path, timer: Timer) -> dict:
+        result = segment_patient(
+            register_dir / "ct.nii.gz", staging, settings=settings, timer=timer
+        )
+        log.info("patient %s: lungs %.0f mL, region %.0f mL", patient,
+                 result["volumes_ml"]["total_ml"], result["region_ml"])  # fmt: skip
+        return result
+
+    return run_patient_stage(
+        stage="segment",
+        patient=patient,
+        sidecar_path=out_dir / "segment.json",
+        image_dir=out_dir,
+        image_names=STAGE_IMAGES,
+        record={"inputs": {"register_dir": str(register_dir)}, "parameters": settings},
+        work=work,
+        upstream={"register": register_dir / "register.json"},
+    )
+
+
+def segment_patient(ct_path: Path, out_dir: Path, *, settings: dict, timer: Timer) -> dict:
+    """Segment one CT file and write lungs.nii.gz and region.nii.gz; returns sidecar facts."""
+    if not ct_path.is_file():
+        raise PatientInputError("registered CT not found", file=str(ct_path))
+    with timer("read"):
+        ct = sitk.ReadImage(str(ct_path), sitk.sitkFloat32)
+    with timer("lungs"):
+        lungs, info = segment_lungs_with_backend(
+            ct,
+            backend=settings["backend"],
+            threshold_hu=float(settings["threshold_hu"]),
+            closing_mm=float(settings["closing_mm"]),
+        )
+    with timer("region"):
+        region = tumour_inclusive_region(ct, lungs, margin_mm=float(settings["region_margin_mm"]))
+    with timer("write"):
+        write_image_atomic(lungs, out_dir / "lungs.nii.gz")
+        write_image_atomic(region, out_dir / "region.nii.gz")
+    volumes = lung_volumes_ml(lungs)
+    voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
+    region_ml = round(float(sitk.GetArrayViewFromImage(region).sum()) * voxel_ml, 1)
+    warnings = list(info.pop("warnings", []))
+    if volumes["total_ml"] < 500:
+        warnings.append(f"lung volume {volumes['total_ml']} mL is implausibly small")
+    return {
+        "outputs": {"lungs": "lungs.nii.gz", "region": "region.nii.gz"},
+        "volumes_ml": volumes,
+        "region_ml": region_ml,
+        "details": {k: v for k, v in info.items() if not k.endswith("_lung_ml")},
+        "warnings": warnings,
+    }

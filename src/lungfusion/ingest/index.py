@@ -23,12 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
+from lungfusion.artifacts import atomic_path, write_text_atomic
+from lungfusion.errors import PatientInputError
+from lungfusion.ingest.select import choose_series, match_patients
+
 log = logging.getLogger(__name__)
+FILE_LIST_FOLDER = "series_files"
 
 HEADER_KEYWORDS = (
     "SOPClassUID",
@@ -325,3 +331,113 @@ def index_tree(root: str | Path) -> tuple[list[dict], dict[str, list[str]], list
         rows.append(row)
         files[series_uid] = paths
     return rows, files, unreadable
+
+
+# ------------------------------------------------------------------ the series table on disk
+
+
+def build_series_table(
+    dicom_root: str | Path,
+    patient_ids: list[str],
+    out: str | Path,
+    *,
+    ct_slice_thickness_mm,
+    study_choice: str,
+    overrides: dict | None = None,
+) -> pd.DataFrame:
+    """Index ``dicom_root``, choose the series, write the file lists and ``out``; return it.
+
+    ``out`` (``results/ingest/series.tsv``) holds one row per series with the columns of
+    :data:`SERIES_COLUMNS` plus ``files``, ``chosen`` (CT, PT, RTSTRUCT or empty) and
+    ``reason``; patients with no DICOM get a row with reason "no DICOM found". The file lists
+    are written first and ``out`` last (the tracked output).
+    """
+    root = Path(dicom_root)
+    if not root.is_dir():
+        raise SystemExit(f"DICOM root not found: {root} (cohort.dicom_root)")
+    rows, files, unreadable = index_tree(root)
+    for path, why in unreadable:
+        log.warning("unreadable DICOM file skipped: %s (%s)", path, why)
+    log.info("%d series, %d unreadable files under %s", len(rows), len(unreadable), root)
+    series = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
+    series = match_patients(series, patient_ids)
+    table = choose_series(
+        series,
+        patient_ids,
+        ct_slice_thickness_mm=tuple(ct_slice_thickness_mm),
+        study_choice=study_choice,
+        overrides=overrides,
+    )
+    for column in ("n_images", "n_frames", "rows", "columns", "samples_per_pixel"):
+        table[column] = pd.to_numeric(table[column]).astype("Int64")  # no "134.0" beside blanks
+    out = Path(out)
+    write_file_lists(table, files, out.parent)
+    columns = ["patient_id", "chosen", "reason", *SERIES_COLUMNS[1:], "files"]
+    order = table["chosen"].map({"CT": 0, "PT": 1, "RTSTRUCT": 2}).fillna(3)
+    table = table.assign(_order=order).sort_values(["patient_id", "_order"], kind="stable")
+    table = table[columns]
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    return table
+
+
+def index_one_patient(
+    dicom_dir: Path, out: Path, patient: str, *, ct_slice_thickness_mm, study_choice: str
+) -> Path:
+    """Index a folder as ONE patient (``lungfusion predict``), choose its series and write
+    ``out`` as :func:`build_series_table` does; the folder's PatientID is replaced by
+    ``patient``."""
+    if not dicom_dir.is_dir():
+        raise PatientInputError(f"DICOM folder not found: {dicom_dir}", patient=patient)
+    rows, files, _ = index_tree(dicom_dir)
+    series = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
+    if series.empty:
+        raise PatientInputError(f"no readable DICOM series under {dicom_dir}", patient=patient)
+    n_ids = series["patient_id"].astype(str).nunique()
+    if n_ids > 1:  # the IDs themselves may be PHI: give only their number
+        raise PatientInputError(
+            f"{dicom_dir} holds {n_ids} DICOM PatientIDs; give one patient's folder",
+            patient=patient,
+        )
+    series["patient_id"] = patient
+    table = choose_series(
+        series,
+        [patient],
+        ct_slice_thickness_mm=tuple(ct_slice_thickness_mm),
+        study_choice=study_choice,
+    )
+    write_file_lists(table, files, out.parent)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    return out
+
+
+def write_file_lists(table: pd.DataFrame, files: dict[str, list[str]], folder: Path) -> None:
+    """Write each indexed series' file list under ``folder`` and name it in ``table.files``.
+
+    ``series_files/<series_uid>.txt``: one path per line, sorted, so ingest never walks the
+    tree again. Files under the working directory (the Snakemake workdir) are listed relative
+    to the list's folder, so a project folder moved as a whole still ingests; others by
+    absolute path.
+    """
+    workdir = os.getcwd()  # already a physical path
+    lists = str((folder / FILE_LIST_FOLDER).resolve())  # ".." in entries is taken from here
+    inside = lists.startswith(workdir + os.sep)
+    table["files"] = ""
+    for index, uid in table["series_uid"].items():
+        if isinstance(uid, str) and uid in files:
+            relative = f"{FILE_LIST_FOLDER}/{uid}.txt"
+            paths = [os.path.abspath(path) for path in files[uid]]
+            if inside:
+                paths = [
+                    os.path.relpath(p, lists) if p.startswith(workdir + os.sep) else p
+                    for p in paths
+                ]
+            write_text_atomic(folder / relative, "\n".join(paths) + "\n")
+            table.loc[index, "files"] = relative
+
+
+def read_file_list(list_path: Path) -> list[str]:
+    """The absolute paths of a file list (relative entries are relative to its folder)."""
+    text = list_path.read_text(encoding="utf-8")
+    return [str(list_path.parent / line) for line in text.splitlines() if line]
