@@ -53,7 +53,9 @@ def nifti_digest(path: Path) -> str:
     image = sitk.ReadImage(str(path))
     geometry = repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()))
     voxels = sitk.GetArrayViewFromImage(image)
-    return _hash(geometry.encode(), str(voxels.dtype).encode(), np.ascontiguousarray(voxels).tobytes())
+    return _hash(
+        geometry.encode(), str(voxels.dtype).encode(), np.ascontiguousarray(voxels).tobytes()
+    )
 
 
 def npz_digest(path: Path) -> str:
@@ -78,8 +80,12 @@ def digest_results(results: Path) -> dict[str, str]:
         "ingest/series.tsv", "splits/folds.tsv", "splits/cohort.tsv", "radiomics/features.tsv",
         "metrics/all.tsv",
     ]  # fmt: skip
-    tables += [str(p.relative_to(results)) for p in sorted(results.glob("train/*/fold*/predictions.tsv"))]
-    tables += [str(p.relative_to(results)) for p in sorted(results.glob("integrate/*/predictions.tsv"))]
+    tables += [
+        str(p.relative_to(results)) for p in sorted(results.glob("train/*/fold*/predictions.tsv"))
+    ]
+    tables += [
+        str(p.relative_to(results)) for p in sorted(results.glob("integrate/*/predictions.tsv"))
+    ]
     for name in tables:
         if (results / name).is_file():
             table = (results / name).read_text() if name.endswith("series.tsv") else None

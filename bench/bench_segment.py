@@ -26,8 +26,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from lungfusion.config import section_settings
-from lungfusion.ingest.rtstruct import rtstruct_to_mask
 from lungfusion.imaging.segment import dice, segment_lungs, tumour_inclusive_region
+from lungfusion.ingest.rtstruct import rtstruct_to_mask
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "dicom" / "nsclc-radiomics-LUNG1-001"

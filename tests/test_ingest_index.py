@@ -17,8 +17,7 @@ import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
 from lungfusion.cli import main as cli_main
-from lungfusion.ingest.index import build_series_table
-from lungfusion.ingest.index import index_tree, orientation_label
+from lungfusion.ingest.index import build_series_table, index_tree, orientation_label
 from lungfusion.ingest.select import choose_series, ct_problem, pet_problem
 
 LUNG1 = "dicom/nsclc-radiomics-LUNG1-001/ct"

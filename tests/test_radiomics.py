@@ -374,8 +374,8 @@ def test_lung1_lesion_mask_covers_the_clinicians_gtv(fixtures_dir):
     and mediastinal fat the tumour touches, hence a Dice below the coverage."""
     from scipy import ndimage as ndi
 
-    from lungfusion.ingest.rtstruct import rtstruct_to_mask
     from lungfusion.imaging.segment import segment_lungs, tumour_inclusive_region
+    from lungfusion.ingest.rtstruct import rtstruct_to_mask
 
     folder = fixtures_dir / "dicom" / "nsclc-radiomics-LUNG1-001"
     reader = sitk.ImageSeriesReader()

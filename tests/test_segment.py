@@ -13,7 +13,6 @@ from scipy import ndimage as ndi
 
 from lungfusion.commands import segment as segment_command
 from lungfusion.imaging.roi import hotspot_grid
-from lungfusion.ingest.rtstruct import rtstruct_to_mask
 from lungfusion.imaging.segment import (
     LEFT_LUNG,
     RIGHT_LUNG,
@@ -24,6 +23,7 @@ from lungfusion.imaging.segment import (
     segment_lungs,
     tumour_inclusive_region,
 )
+from lungfusion.ingest.rtstruct import rtstruct_to_mask
 
 
 def phantom_chest(flip_x: bool = False) -> tuple[sitk.Image, np.ndarray]:

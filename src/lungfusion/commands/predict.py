@@ -71,7 +71,8 @@ def prepare_roi(dicom_dir: Path, work_dir: Path, config: dict, patient: str) -> 
     from lungfusion.ingest.patient import ingest_patient
 
     settings = {
-        name: section_with_defaults(config, name) for name in ("ingest", "register", "segment", "roi")
+        name: section_with_defaults(config, name)
+        for name in ("ingest", "register", "segment", "roi")
     }
     timer = Timer()
     dirs = {name: work_dir / name / patient for name in ("ingest", "register", "segment")}
