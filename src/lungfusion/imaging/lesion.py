@@ -20,17 +20,17 @@ from scipy import ndimage as ndi
 
 from lungfusion.imaging.roi import CT_ONLY_LESION_HU, lesion_candidates
 
-MAX_OFFSET_MM = 10.0  # the box centre may miss a small lesion by the placement error
-
 
 def segment_lesion(
     hu: np.ndarray,
     region: np.ndarray,
     spacing_zyx: np.ndarray,
     *,
-    max_offset_mm: float = MAX_OFFSET_MM,
+    max_offset_mm: float,
 ) -> np.ndarray:
-    """Boolean (z, y, x) mask of the lesion at the box centre; all False when none is near."""
+    """Boolean (z, y, x) mask of the lesion at the box centre; all False when none is near
+    (``radiomics.max_offset_mm``: the box centre may miss a small lesion by the placement
+    error)."""
     spacing_zyx = np.asarray(spacing_zyx, dtype=float)
     for candidates in (
         lesion_candidates(hu, region > 0, spacing_zyx),

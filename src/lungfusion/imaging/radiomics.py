@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lungfusion.imaging.lesion import MAX_OFFSET_MM, segment_lesion
+from lungfusion.config import section_settings
+from lungfusion.imaging.lesion import segment_lesion
 from lungfusion.imaging.lesion_context import (
     ctpet_offsets,
     lesion_points_physical,
@@ -38,37 +39,11 @@ from lungfusion.imaging.lesion_context import (
 )
 from lungfusion.imaging.roi import unscale
 
-RADIOMICS_DEFAULTS = {
-    "ct_features": ["shape", "firstorder", "glcm", "glrlm", "glszm"],
-    "pet_features": ["firstorder", "glcm", "glszm"],
-    "ct_bin_width": 25.0,  # HU
-    "pet_bin_width": 0.5,  # SUV
-    "context": ["location", "ctpet", "semantic"],
-    "mask": "auto",  # the GTV where the ROI has one, else the CT blob; ct_blob: always the blob
-    "gtv_margin_mm": 10.0,  # around the GTV's bounding box: texture at its edge, the location
-    "min_lesion_voxels": 8,  # below this, texture matrices are empty
-    "max_offset_mm": MAX_OFFSET_MM,
-}
-FEATURE_CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
-CONTEXT_FEATURES = ("location", "ctpet", "semantic")
-
 
 def radiomics_settings(section: Mapping | None) -> dict:
-    settings = {**RADIOMICS_DEFAULTS, **(section or {})}
-    for key in ("ct_features", "pet_features"):
-        unknown = set(settings[key]) - set(FEATURE_CLASSES)
-        if unknown:
-            raise ValueError(
-                f"radiomics.{key}: unknown feature classes {sorted(unknown)}; "
-                f"choose from {list(FEATURE_CLASSES)}"
-            )
-    unknown = set(settings["context"]) - set(CONTEXT_FEATURES)
-    if unknown:
-        raise ValueError(
-            f"radiomics.context: unknown {sorted(unknown)}; choose from {list(CONTEXT_FEATURES)}"
-        )
-    if settings["mask"] not in ("auto", "ct_blob"):
-        raise ValueError(f"radiomics.mask must be auto or ct_blob, not {settings['mask']!r}")
+    """The ``radiomics`` config section, the schema's defaults filled in and checked (the
+    schema names the feature classes and context features), bin widths as floats."""
+    settings = section_settings({"radiomics": dict(section or {})}, "radiomics")
     settings["ct_bin_width"] = float(settings["ct_bin_width"])
     settings["pet_bin_width"] = float(settings["pet_bin_width"])
     return settings

@@ -16,22 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from lungfusion.artifacts import write_text_atomic
+from lungfusion.config import section_with_defaults
 from lungfusion.evaluation.tables import discover_predictions, read_predictions
 from lungfusion.report import cohort as cohort_lib
 from lungfusion.report import figures, tables
 from lungfusion.report.html import Section, figure_block, image_tag, paragraph, render_page
 
 log = logging.getLogger(__name__)
-
-# config section `report` (read with these defaults until the schema has it)
-REPORT_DEFAULTS = {
-    "title": "lungfusion report",
-    "decimals": 3,
-    "metrics": None,  # main-table columns; null: chosen by task
-    "calibration_bins": 10,
-    "thumbnail_px": 360,
-    "max_gallery": 500,
-}
 
 
 @dataclass
@@ -136,7 +127,7 @@ def build_report(
     settings: dict | None = None,
 ) -> Path:
     """Write the whole report under ``out_dir``; returns the path of ``index.html``."""
-    settings = {**REPORT_DEFAULTS, **(settings or {})}
+    settings = section_with_defaults({"report": settings}, "report")
     results, out_dir = Path(results), Path(out_dir)
     classes = list(classes)
     decimals = int(settings["decimals"])
