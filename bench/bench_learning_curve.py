@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from bench_quality import CONFIG, OVERLAY, fmt, merged_config  # bench/ is the script's folder
-from ideal_rois import render_roi
+from bench_quality import CONFIG, OVERLAY, fmt  # bench/ is the script's folder
+from ideal_rois import merged_config, render_roi
 from sklearn.metrics import roc_auc_score
 
 from lungfusion.evaluation.bootstrap import bootstrap_ci

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from ideal_rois import write_ideal_rois  # bench/ is the script's folder
+from ideal_rois import merged_config, write_ideal_rois  # bench/ is the script's folder
 from roi_measurements import information_ladder
 from sklearn.metrics import roc_auc_score
 
@@ -108,18 +108,6 @@ def command_line_overlay(args: argparse.Namespace) -> dict:
         if value is not None:
             overlay.setdefault(section, {})[key] = value
     return overlay
-
-
-def merged_config(configs: list[Path]) -> dict:
-    """config.yaml with the overlays applied section by section (as Snakemake merges them)."""
-    config: dict = {}
-    for path in configs:
-        for key, value in (yaml.safe_load(path.read_text()) or {}).items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict):
-                config[key] = {**config[key], **value}
-            else:
-                config[key] = value
-    return config
 
 
 # --- the run ------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -56,6 +57,18 @@ def render_roi(anatomy, preset, *, origin, spacing, shape, has_pet: bool, rng) -
             blurred + preset.pet_noise * np.sqrt(np.clip(blurred, 0, None)) * noise, 0, None
         )
     return {"hu": hu, "suv": suv, "lungs": np.isin(labels, TRUE_LUNG)}
+
+
+def merged_config(configs: list[Path]) -> dict:
+    """config.yaml with the overlays applied section by section (as Snakemake merges them)."""
+    config: dict = {}
+    for path in configs:
+        for key, value in (yaml.safe_load(path.read_text()) or {}).items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}
+            else:
+                config[key] = value
+    return config
 
 
 def write_ideal_rois(workdir: Path, config: dict, out_dir: Path) -> int:
@@ -109,8 +122,6 @@ def main() -> int:
         help="the run's config files (default: WORKDIR/bench_merged_config.yaml)",
     )  # fmt: skip
     args = parser.parse_args()
-    from bench_quality import merged_config
-
     config = merged_config(args.configfile or [args.workdir / "bench_merged_config.yaml"])
     n = write_ideal_rois(args.workdir, config, args.out or args.workdir / "ideal_roi")
     print(f"{n} ideal ROIs written")
