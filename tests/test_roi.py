@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -154,7 +155,7 @@ def test_hotspot_prefers_a_large_tumour_over_a_hotter_node_outside_the_lungs():
     assert _contains(grid, ct, tumour_index)
 
 
-def test_hotspot_prefers_a_low_uptake_tumour_wrapped_in_lung_over_a_hotter_node(monkeypatch):
+def test_hotspot_prefers_a_low_uptake_tumour_wrapped_in_lung_over_a_hotter_node():
     # SUV alone picks the node, focal and five times hotter; the CT shows a blob wrapped in
     # aerated lung at the tumour's hot spot and none at the node's.
     ct, pet, region, lungs, tumour_index = chest()
@@ -165,10 +166,9 @@ def test_hotspot_prefers_a_low_uptake_tumour_wrapped_in_lung_over_a_hotter_node(
     pet = _image(suv, spacing=pet.GetSpacing())
     node_index = [26, 20, 9]
 
-    monkeypatch.setattr(roi_lib, "HOTSPOT_CT_WEIGHT", 0.0)
-    _, info = roi_lib.hotspot_grid(ct, pet, region, shape=(8, 8, 4), lungs=lungs)
+    without_ct = dataclasses.replace(roi_lib.PLACEMENT, hotspot_ct_weight=0.0)
+    _, info = roi_lib.hotspot_grid(ct, pet, region, shape=(8, 8, 4), lungs=lungs, params=without_ct)
     assert np.linalg.norm(np.subtract(info["hotspot_index"], node_index)) <= 1.5
-    monkeypatch.undo()
     grid, info = roi_lib.hotspot_grid(ct, pet, region, shape=(8, 8, 4), lungs=lungs)
     assert np.linalg.norm(np.subtract(info["hotspot_index"], tumour_index)) <= 2.0
     assert info["ct_lesion_likeness"] > 0.5

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from lungfusion.imaging.roi import CT_ONLY_LESION_HU, lesion_candidates
+from lungfusion.imaging.roi import PLACEMENT, lesion_candidates
 
 
 def segment_lesion(
@@ -34,7 +34,7 @@ def segment_lesion(
     spacing_zyx = np.asarray(spacing_zyx, dtype=float)
     for candidates in (
         lesion_candidates(hu, region > 0, spacing_zyx),
-        (region > 0) & (hu > CT_ONLY_LESION_HU),
+        (region > 0) & (hu > PLACEMENT.ct_only_lesion_hu),
     ):
         blob = _blob_at_centre(candidates, spacing_zyx, max_offset_mm)
         if blob is not None:

@@ -10,14 +10,13 @@ the DICOM geometry (identity in physical space) and only refines it, within boun
    A fixed mask drops the CT field's border (``fixed_border_mm``), where a shifted PET runs out.
 2. The CT is resampled to a registration grid about half as fine as the PET (a 512x512 CT at full
    resolution costs ten times more for no gain), then registered multi-resolution, by default
-   on a fixed random 10% of that grid; ``sampling_fraction=1`` uses every voxel (smoother
-   metric: STS_001 perturbations 2.6 instead of 3.6 mm, but the tiny synthetic SYN0001 ends
-   1.8 mm off; with ``fixed_border_mm=10`` too, STS 2.3 mm, default preset 100% < 1.5 mm).
+   on a fixed random 10% of that grid; ``sampling_fraction=1`` uses every voxel (a smoother
+   metric, slower).
 3. The result is kept only if it stays within the translation and rotation bounds and improves
    the metric by at least ``min_relative_improvement``, evaluated on the same sample points
-   before and after; otherwise the identity is returned with a warning. On STS_001's aligned
-   real pair the metric's own optimum lies 2-4 mm from the DICOM geometry whatever the
-   settings, for a ~1.3% gain, while true misalignments of 3-8 mm gain 3-12%.
+   before and after; otherwise the identity is returned with a warning: on an aligned real
+   pair the metric's own optimum may lie a few mm from the DICOM geometry for a small gain,
+   while true misalignments gain much more.
 
 The returned transform maps CT physical points to PET physical points (SimpleITK's convention
 with CT fixed and PET moving), so ``resample_onto(pet, ct_grid, transform)`` puts PET on the CT.
@@ -41,8 +40,8 @@ from lungfusion.status import run_patient_stage
 METHODS = ("rigid", "affine", "none")
 # CT intensities outside this window (HU) only spread the joint histogram (metal, table).
 _CT_WINDOW_HU = (-1024.0, 1500.0)
-# PET intensities above this percentile of the cropped PET are clipped. 100 (no clipping) is
-# measured best: clipping at 99.5 pulled STS_001's unperturbed pair 5 mm off the DICOM geometry.
+# PET intensities above this percentile of the cropped PET are clipped; 100 (no clipping) is
+# measured best (docs/imaging_heuristics.md).
 _PET_CLIP_PERCENTILE = 100.0
 # Registration grid spacing relative to the PET's coarsest voxel side.
 _GRID_FRACTION_OF_PET = 0.75
@@ -129,9 +128,8 @@ def _registration_images(
     moving = sitk.Clamp(moving, sitk.sitkFloat32, 0.0, max(ceiling, 1e-6))
     # Moving mask: the PET voxels inside the CT's field widened by a margin. Mattes MI takes
     # its moving histogram range from the masked voxels, so a mask that follows the CT's field
-    # exactly lets a hot voxel at the field's edge (STS_001: SUV 25 on the PET's last slice)
-    # drop in or out with the misalignment, changing the metric and its optimum (4.4 instead
-    # of 2.3 mm on 4 of 10 perturbations).
+    # exactly lets a hot voxel at the field's edge drop in or out with the misalignment,
+    # changing the metric and its optimum.
     moving_mask = sitk.Resample(
         _field_mask(ct, -moving_mask_margin_mm),
         moving,

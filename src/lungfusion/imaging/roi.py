@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,23 +41,48 @@ from lungfusion.artifacts import Timer, atomic_path, read_json
 from lungfusion.errors import PatientInputError
 from lungfusion.status import run_patient_stage
 
-CROP_STRATEGIES = ("pet_hotspot", "lungs", "annotation", "gtv")
-HOTSPOT_DILATION_MM = 10.0  # the SUV maximum may sit just outside the region mask
-HOTSPOT_SMOOTH_MM = 2.0  # Gaussian sigma: single-voxel noise must not make a peak
-HOTSPOT_REGION_BIAS = 0.2  # weight of a peak with no region around it (mediastinal nodes)
-HOTSPOT_HOT_FRACTION = 0.8  # of the peak: a focal lesion's hot volume is small, the heart's not
-HOTSPOT_CANDIDATES = 15  # distinct hot spots compared, from the hottest down
-HOTSPOT_HOT_REACH_MM = 60.0  # the hot volume is measured in a box of this half-side
-HOTSPOT_CT_WEIGHT = 3.0  # a hot spot at a CT blob wrapped in lung scores up to 1 + this times more
-CT_LESION_HU = (-300.0, 400.0)  # soft tissue: the CT lesion at a PET hot spot
-CT_OPEN_MM = 1.0  # opening radius that detaches vessels from that lesion
-CT_ONLY_LESION_HU = -650.0  # CT-only candidates: denser than aerated lung, ground glass included
-CT_ONLY_AERATED_HU = -700.0  # aerated lung, the tissue a tumour's surface faces
-CT_ONLY_OPEN_MM = 2.5  # in-plane radius of the ellipsoid opening that drops vessels and walls
-CT_ONLY_SHARE_POWER = 2.0  # of a blob's aerated shell share: wrapped in lung beats large
-LESION_SEARCH_MM = 6.0  # the CT lesion must reach this close to the PET peak (PSF, registration)
 _COARSE_MM = 4.0  # grid of the dilation (cheap, and the hotspot search needs no more)
 NPZ_KEYS = ("ct", "pet", "lungs", "has_pet", "spacing", "origin")
+
+
+@dataclass(frozen=True)
+class RoiPlacement:
+    """The ROI placement's tuning values (:func:`hotspot_grid`, :func:`ct_lesion_centre`), with
+    the values the pipeline uses as defaults; each ROI sidecar records them under
+    ``parameters.placement``."""
+
+    hotspot_dilation_mm: float = 10.0  # the SUV maximum may sit just outside the region mask
+    hotspot_smooth_mm: float = 2.0  # Gaussian sigma: single-voxel noise must not make a peak
+    hotspot_region_bias: float = (
+        0.2  # weight of a peak with no region around it (mediastinal nodes)
+    )
+    hotspot_hot_fraction: float = (
+        0.8  # of the peak: a focal lesion's hot volume is small, the heart's not
+    )
+    hotspot_candidates: int = 15  # distinct hot spots compared, from the hottest down
+    hotspot_hot_reach_mm: float = 60.0  # the hot volume is measured in a box of this half-side
+    hotspot_ct_weight: float = (
+        3.0  # a hot spot at a CT blob wrapped in lung scores up to 1 + this times more
+    )
+    ct_lesion_hu: tuple[float, float] = (
+        -300.0,
+        400.0,
+    )  # soft tissue: the CT lesion at a PET hot spot
+    ct_open_mm: float = 1.0  # opening radius that detaches vessels from that lesion
+    ct_only_lesion_hu: float = (
+        -650.0
+    )  # CT-only candidates: denser than aerated lung, ground glass included
+    ct_only_aerated_hu: float = -700.0  # aerated lung, the tissue a tumour's surface faces
+    ct_only_open_mm: float = (
+        2.5  # in-plane radius of the ellipsoid opening that drops vessels and walls
+    )
+    ct_only_share_power: float = 2.0  # of a blob's aerated shell share: wrapped in lung beats large
+    lesion_search_mm: float = (
+        6.0  # the CT lesion must reach this close to the PET peak (PSF, registration)
+    )
+
+
+PLACEMENT = RoiPlacement()
 
 
 @dataclass(frozen=True)
@@ -117,15 +142,16 @@ def hotspot_grid(
     *,
     shape: tuple[int, int, int],
     lungs: sitk.Image | None = None,
+    params: RoiPlacement = PLACEMENT,
 ) -> tuple[RoiGrid, dict]:
     """Box centred on the most tumour-like PET hot spot (centre of the region without PET).
 
     Candidates are the local maxima of the lightly smoothed SUV inside the dilated region;
-    each has a hot spot (connected SUV above ``HOTSPOT_HOT_FRACTION`` x its peak) and scores
-    ``SUV peak x (region fraction + HOTSPOT_REGION_BIAS) / hot volume^(1/3) x (1 +
-    HOTSPOT_CT_WEIGHT x CT lesion-likeness)``, the last being the best ``(aerated shell
-    share)^CT_ONLY_SHARE_POWER`` of the CT blobs of :func:`ct_lesion_centre` within
-    ``LESION_SEARCH_MM`` of the peak: a low-uptake tumour wrapped in lung then beats a hotter
+    each has a hot spot (connected SUV above ``params.hotspot_hot_fraction`` x its peak) and scores
+    ``SUV peak x (region fraction + params.hotspot_region_bias) / hot volume^(1/3) x (1 +
+    params.hotspot_ct_weight x CT lesion-likeness)``, the last being the best ``(aerated shell
+    share)^params.ct_only_share_power`` of the CT blobs of :func:`ct_lesion_centre` within
+    ``params.lesion_search_mm`` of the peak: a low-uptake tumour wrapped in lung then beats a hotter
     mediastinal node, which no such blob holds. The region
     fraction (share of the tumour-inclusive region on the hot spot's one-voxel shell) favours
     lesions in or against the lung over the heart wall and mediastinal nodes, which touch it
@@ -141,7 +167,7 @@ def hotspot_grid(
     if not mask.any():
         raise PatientInputError("the region mask is empty: cannot place the ROI")
     if pet is None:
-        found = ct_lesion_centre(ct, region)
+        found = ct_lesion_centre(ct, region, params=params)
         if found is not None:
             centre, info = found
             return fixed_box_grid(ct, centre, shape), info
@@ -154,22 +180,22 @@ def hotspot_grid(
         return fixed_box_grid(ct, centre, shape), info
     spacing_zyx = np.array(ct.GetSpacing()[::-1])
     suv = ndi.gaussian_filter(
-        sitk.GetArrayFromImage(pet).astype(np.float32), HOTSPOT_SMOOTH_MM / spacing_zyx
+        sitk.GetArrayFromImage(pet).astype(np.float32), params.hotspot_smooth_mm / spacing_zyx
     )
-    search = _dilate_coarse(mask, spacing_zyx, HOTSPOT_DILATION_MM)
+    search = _dilate_coarse(mask, spacing_zyx, params.hotspot_dilation_mm)
     peaks = search & (suv == ndi.maximum_filter(suv, size=3)) & (suv > 0)
     if not peaks.any():  # flat or empty PET: the plain maximum
         peaks = search
-    labels, likeness, _, _ = _ct_blobs(ct, region)
+    labels, likeness, _, _ = _ct_blobs(ct, region, params)
     lesion_likeness = np.concatenate([[0.0], likeness])[labels]
-    best = _best_hot_spot(suv, peaks, mask, spacing_zyx, lesion_likeness)
+    best = _best_hot_spot(suv, peaks, mask, spacing_zyx, lesion_likeness, params)
     z, y, x = best["peak"]
     info = {
         "centre_from": (
-            f"PET hot spot: SUV peak x (shell region fraction + {HOTSPOT_REGION_BIAS:g})"
-            f" / (volume above {HOTSPOT_HOT_FRACTION:g} x peak)^(1/3) x (1 +"
-            f" {HOTSPOT_CT_WEIGHT:g} x CT lesion-likeness), among local maxima in the region"
-            f" dilated by {HOTSPOT_DILATION_MM:g} mm"
+            f"PET hot spot: SUV peak x (shell region fraction + {params.hotspot_region_bias:g})"
+            f" / (volume above {params.hotspot_hot_fraction:g} x peak)^(1/3) x (1 +"
+            f" {params.hotspot_ct_weight:g} x CT lesion-likeness), among local maxima in the region"
+            f" dilated by {params.hotspot_dilation_mm:g} mm"
         ),
         "placement": "pet_hotspot",
         "fallback": False,
@@ -183,7 +209,11 @@ def hotspot_grid(
         "box_centre": "PET hot spot",
     }
     centre = [float(x), float(y), float(z)]
-    lesion = None if lungs is None else lesion_centre_near(ct, region, lungs, best["peak"], shape)
+    lesion = (
+        None
+        if lungs is None
+        else lesion_centre_near(ct, region, lungs, best["peak"], shape, params=params)
+    )
     if lesion is not None:
         centre = lesion
         info["box_centre"] = "CT lesion at the hot spot (its voxels within the box's reach)"
@@ -192,47 +222,59 @@ def hotspot_grid(
 
 
 def _soft_tissue(
-    hu: np.ndarray, region: np.ndarray, lung: np.ndarray, spacing_zyx: np.ndarray
+    hu: np.ndarray,
+    region: np.ndarray,
+    lung: np.ndarray,
+    spacing_zyx: np.ndarray,
+    params: RoiPlacement,
 ) -> np.ndarray:
-    """Soft tissue (``CT_LESION_HU``) in the region and outside the lungs, opened by
-    ``CT_OPEN_MM`` so thin vessels come off the blobs."""
-    tissue = region & ~lung & (hu >= CT_LESION_HU[0]) & (hu <= CT_LESION_HU[1])
-    radius = np.round(CT_OPEN_MM / spacing_zyx).astype(int)
+    """Soft tissue (``params.ct_lesion_hu``) in the region and outside the lungs, opened by
+    ``params.ct_open_mm`` so thin vessels come off the blobs."""
+    tissue = region & ~lung & (hu >= params.ct_lesion_hu[0]) & (hu <= params.ct_lesion_hu[1])
+    radius = np.round(params.ct_open_mm / spacing_zyx).astype(int)
     return ndi.binary_opening(tissue, structure=np.ones(2 * radius + 1, dtype=bool))
 
 
-def lesion_candidates(hu: np.ndarray, inside: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
-    """Voxels of the region denser than aerated lung (``CT_ONLY_LESION_HU``), opened by an
-    ellipsoid of in-plane radius ``CT_ONLY_OPEN_MM`` so vessels and thin walls come off."""
-    structure = _ellipsoid(CT_ONLY_OPEN_MM, spacing_zyx)
-    return ndi.binary_opening(inside & (hu > CT_ONLY_LESION_HU), structure=structure)
+def lesion_candidates(
+    hu: np.ndarray, inside: np.ndarray, spacing_zyx: np.ndarray, params: RoiPlacement = PLACEMENT
+) -> np.ndarray:
+    """Voxels of the region denser than aerated lung (``params.ct_only_lesion_hu``), opened by an
+    ellipsoid of in-plane radius ``params.ct_only_open_mm`` so vessels and thin walls come off."""
+    structure = _ellipsoid(params.ct_only_open_mm, spacing_zyx)
+    return ndi.binary_opening(inside & (hu > params.ct_only_lesion_hu), structure=structure)
 
 
-def _ct_blobs(ct: sitk.Image, region: sitk.Image) -> tuple[np.ndarray, ...]:
+def _ct_blobs(ct: sitk.Image, region: sitk.Image, params: RoiPlacement) -> tuple[np.ndarray, ...]:
     """The lesion candidates' blobs (labels) and, per blob, its lesion-likeness
-    ``(aerated shell share)^CT_ONLY_SHARE_POWER``, that share and its volume (ml)."""
+    ``(aerated shell share)^params.ct_only_share_power``, that share and its volume (ml)."""
     spacing_zyx = np.array(ct.GetSpacing()[::-1])
     hu = sitk.GetArrayViewFromImage(ct)
     inside = sitk.GetArrayViewFromImage(region) > 0
-    candidates = lesion_candidates(hu, inside, spacing_zyx)
+    candidates = lesion_candidates(hu, inside, spacing_zyx, params)
     labels, count = ndi.label(candidates)
     # each blob's shell: the voxels just outside it (a 6-neighbour of one of its voxels)
     six = ndi.generate_binary_structure(3, 1)
     shell = np.where(candidates, 0, ndi.grey_dilation(labels, footprint=six))
     index = np.arange(1, count + 1)
-    aerated = inside & (hu < CT_ONLY_AERATED_HU)
+    aerated = inside & (hu < params.ct_only_aerated_hu)
     aerated_share = np.nan_to_num(np.asarray(ndi.mean(aerated, labels=shell, index=index)))
     volume_ml = np.asarray(ndi.sum(candidates, labels=labels, index=index)) * spacing_zyx.prod()
-    return labels, aerated_share**CT_ONLY_SHARE_POWER, aerated_share, volume_ml / 1e3
+    return labels, aerated_share**params.ct_only_share_power, aerated_share, volume_ml / 1e3
 
 
 def lesion_centre_near(
-    ct: sitk.Image, region: sitk.Image, lungs: sitk.Image, peak_zyx: tuple, shape: tuple
+    ct: sitk.Image,
+    region: sitk.Image,
+    lungs: sitk.Image,
+    peak_zyx: tuple,
+    shape: tuple,
+    *,
+    params: RoiPlacement = PLACEMENT,
 ) -> list[float] | None:
     """Centre (x, y, z index) of the CT lesion that holds the PET peak, or None.
 
-    The lesion is the soft-tissue blob (``CT_LESION_HU``, outside the lung mask) reaching within
-    ``LESION_SEARCH_MM`` of the peak. Only its voxels within half the box of the peak count
+    The lesion is the soft-tissue blob (``params.ct_lesion_hu``, outside the lung mask) reaching within
+    ``params.lesion_search_mm`` of the peak. Only its voxels within half the box of the peak count
     (a tumour grown into the mediastinum or the chest wall joins them in one blob), and the
     centre moves at most a quarter of the box, so the box still holds the hot spot.
     """
@@ -249,13 +291,14 @@ def lesion_centre_near(
         sitk.GetArrayViewFromImage(region)[box] > 0,
         sitk.GetArrayViewFromImage(lungs)[box] > 0,
         spacing_zyx,
+        params,
     )
     labels, _ = ndi.label(tissue)
     local_peak = peak - low
     grids = np.ogrid[tuple(slice(0, n) for n in tissue.shape)]
     offsets = [g - c for g, c in zip(grids, local_peak, strict=True)]
     near_mm = sum((o * s) ** 2 for o, s in zip(offsets, spacing_zyx, strict=True)) <= (
-        LESION_SEARCH_MM**2
+        params.lesion_search_mm**2
     )
     near_labels = labels[near_mm & tissue]
     if near_labels.size == 0:
@@ -272,26 +315,24 @@ def lesion_centre_near(
     return [x, y, z]
 
 
-def ct_lesion_centre(ct: sitk.Image, region: sitk.Image) -> tuple[list[float], dict] | None:
+def ct_lesion_centre(
+    ct: sitk.Image, region: sitk.Image, *, params: RoiPlacement = PLACEMENT
+) -> tuple[list[float], dict] | None:
     """Centre (x, y, z index) of the most lesion-like blob, for CT without PET.
 
     Candidates are the voxels of the region (the tumour-inclusive lungs) denser than aerated
-    lung (``CT_ONLY_LESION_HU``), so a tumour's ground-glass rim counts with its solid core:
+    lung (``params.ct_only_lesion_hu``), so a tumour's ground-glass rim counts with its solid core:
     after partial volume most voxels of a small tumour lie between -650 and -300 HU, and the
     threshold lung mask holds many of them, so neither soft tissue nor the mask's complement
-    finds it. An ellipsoid opening of in-plane radius ``CT_ONLY_OPEN_MM`` (one slice each way
+    finds it. An ellipsoid opening of in-plane radius ``params.ct_only_open_mm`` (one slice each way
     on the 3.27 mm grid) drops vessels, airway and chest walls and structures one or two slices
     thick; the rest is split into blobs. A tumour is wrapped in aerated lung (below
-    ``CT_ONLY_AERATED_HU``), while the hilum, mediastinum and chest wall face it on one side
-    only, so each blob scores ``(aerated share of its shell)^CT_ONLY_SHARE_POWER x
+    ``params.ct_only_aerated_hu``), while the hilum, mediastinum and chest wall face it on one side
+    only, so each blob scores ``(aerated share of its shell)^params.ct_only_share_power x
     volume^(1/3)``, its shell being the voxels just outside it. None when no blob faces
     aerated lung.
-
-    On tiny-preset synthetic cohorts of two seeds (80 and 60 patients) this puts 5% of the box
-    centres more than 15 mm from the tumour centre (median 0.9 and 1.3 mm), where soft tissue
-    outside the lung mask put 67% and 68%.
     """
-    labels, likeness, aerated_share, volume_ml = _ct_blobs(ct, region)
+    labels, likeness, aerated_share, volume_ml = _ct_blobs(ct, region, params)
     count = len(volume_ml)
     if count == 0:
         return None
@@ -302,8 +343,8 @@ def ct_lesion_centre(ct: sitk.Image, region: sitk.Image) -> tuple[list[float], d
     z, y, x = ndi.center_of_mass(labels == best + 1)
     info = {
         "centre_from": (
-            f"CT blob above {CT_ONLY_LESION_HU:g} HU in the region (no PET): (aerated share"
-            f" of its shell)^{CT_ONLY_SHARE_POWER:g} x volume^(1/3), best of {count}"
+            f"CT blob above {params.ct_only_lesion_hu:g} HU in the region (no PET): (aerated share"
+            f" of its shell)^{params.ct_only_share_power:g} x volume^(1/3), best of {count}"
         ),
         "placement": "ct_lesion",
         "fallback": False,
@@ -509,11 +550,12 @@ def _best_hot_spot(
     region: np.ndarray,
     spacing_zyx: np.ndarray,
     lesion_likeness: np.ndarray,
+    params: RoiPlacement,
 ) -> dict:
     """The most tumour-like of the hot spots at ``peaks`` (see :func:`hotspot_grid`).
 
     Peaks are visited from the hottest; one inside an already measured hot spot (a plateau
-    such as the heart) is skipped, so ``HOTSPOT_CANDIDATES`` distinct spots are compared.
+    such as the heart) is skipped, so ``params.hotspot_candidates`` distinct spots are compared.
     """
     covered = np.zeros(suv.shape, dtype=bool)
     order = np.flatnonzero(peaks)
@@ -523,21 +565,21 @@ def _best_hot_spot(
         if covered.ravel()[flat]:
             continue
         peak = np.unravel_index(int(flat), suv.shape)
-        box, hot = _hot_spot(suv, peak, spacing_zyx)
+        box, hot = _hot_spot(suv, peak, spacing_zyx, params)
         covered[box] |= hot
         shell = ndi.binary_dilation(hot) & ~hot
         region_fraction = float(region[box][shell].mean()) if shell.any() else 0.0
         volume_ml = float(hot.sum() * spacing_zyx.prod() / 1e3)
-        score = suv[peak] * (region_fraction + HOTSPOT_REGION_BIAS) / np.cbrt(volume_ml)
-        ct_lesion = _max_near(lesion_likeness, peak, spacing_zyx, LESION_SEARCH_MM)
-        score *= 1 + HOTSPOT_CT_WEIGHT * ct_lesion
+        score = suv[peak] * (region_fraction + params.hotspot_region_bias) / np.cbrt(volume_ml)
+        ct_lesion = _max_near(lesion_likeness, peak, spacing_zyx, params.lesion_search_mm)
+        score *= 1 + params.hotspot_ct_weight * ct_lesion
         if score > best["score"]:
             best = dict(
                 score=score, peak=peak, region_fraction=region_fraction, volume_ml=volume_ml,
                 ct_lesion=ct_lesion,
             )  # fmt: skip
         seen += 1
-        if seen == HOTSPOT_CANDIDATES:
+        if seen == params.hotspot_candidates:
             break
     return {**best, "candidates": seen}
 
@@ -554,12 +596,14 @@ def _max_near(values: np.ndarray, peak: tuple, spacing_zyx: np.ndarray, radius_m
     return float(values[box][mm2 <= radius_mm**2].max())  # holds the peak itself
 
 
-def _hot_spot(suv: np.ndarray, peak: tuple, spacing_zyx: np.ndarray) -> tuple[tuple, np.ndarray]:
-    """The connected voxels above ``HOTSPOT_HOT_FRACTION`` x the peak's SUV, in a box."""
-    reach = np.ceil(HOTSPOT_HOT_REACH_MM / spacing_zyx).astype(int)
+def _hot_spot(
+    suv: np.ndarray, peak: tuple, spacing_zyx: np.ndarray, params: RoiPlacement
+) -> tuple[tuple, np.ndarray]:
+    """The connected voxels above ``params.hotspot_hot_fraction`` x the peak's SUV, in a box."""
+    reach = np.ceil(params.hotspot_hot_reach_mm / spacing_zyx).astype(int)
     box = tuple(slice(max(0, int(c) - r), int(c) + r + 1) for c, r in zip(peak, reach, strict=True))
     local_peak = tuple(int(c) - b.start for c, b in zip(peak, box, strict=True))
-    labels, _ = ndi.label(suv[box] >= HOTSPOT_HOT_FRACTION * suv[peak])
+    labels, _ = ndi.label(suv[box] >= params.hotspot_hot_fraction * suv[peak])
     return box, labels == labels[local_peak]
 
 
@@ -625,7 +669,7 @@ def run_roi_stage(
         sidecar_path=out.with_suffix(".json"),
         image_dir=out.parent,
         image_names=(out.name, png.name),
-        record={"inputs": inputs, "parameters": settings},
+        record={"inputs": inputs, "parameters": {**settings, "placement": asdict(PLACEMENT)}},
         work=work,
         upstream={
             "register": register_dir / "register.json",
