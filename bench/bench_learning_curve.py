@@ -39,7 +39,8 @@ from sklearn.metrics import roc_auc_score
 
 from lungfusion.evaluation.bootstrap import bootstrap_ci
 from lungfusion.imaging.roi import _scale as scale_to_window
-from lungfusion.synth.cohort import CLINICAL_COLUMNS, cohort_labels, patient_latents_and_anatomy
+from lungfusion.samplesheet import OUR_COLUMNS
+from lungfusion.synth.cohort import cohort_labels, patient_latents_and_anatomy
 from lungfusion.synth.ids import patient_ids
 from lungfusion.synth.phenotype import IMAGE_LATENTS, oracle_probabilities
 from lungfusion.synth.presets import get_preset
@@ -111,7 +112,7 @@ def write_cohort(folder: Path, n: int, config: dict, jitter_mm: float) -> None:
         )
         (folder / "roi" / f"{pid}.json").write_text(json.dumps({"status": "ok", "has_pet": True}))
         values = {**latents, "patient_id": pid, "label": label}
-        sheet.append({c: values[c] for c in CLINICAL_COLUMNS})
+        sheet.append({c: values[c] for c in OUR_COLUMNS})
         p_image = oracle_probabilities(values, prior, IMAGE_LATENTS).get(positive, 0.0)
         oracle.append({"patient_id": pid, "label": label, "p_image": p_image})
     pd.DataFrame(oracle).to_csv(folder / "oracle.tsv", sep="\t", index=False)

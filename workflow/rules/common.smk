@@ -22,7 +22,7 @@ os.environ.update(
     ),
 )
 
-from lungfusion.samplesheet import read_sample_sheet  # noqa: E402
+from lungfusion.samplesheet import read_sheet  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -49,14 +49,7 @@ def read_samples():
         raise ValueError(
             f"sample sheet not found: {SAMPLE_SHEET} (cohort.sample_sheet)"
         )
-    samples = read_sample_sheet(
-        SAMPLE_SHEET,
-        sheet_format=COHORT["sheet_format"],
-        sheet_name=COHORT["sheet_name"],
-        columns=COHORT["columns"],
-        label_from_id=COHORT["label_from_id"],
-        classes=COHORT["classes"],
-    )
+    samples = read_sheet(SAMPLE_SHEET, COHORT)
     validate(samples, schema="../schemas/samples.schema.yaml")
     return samples
 

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from lungfusion.artifacts import write_json_atomic, write_text_atomic
+from lungfusion.samplesheet import OUR_COLUMNS
 from lungfusion.synth import anatomy as anat
 from lungfusion.synth import dicom_writer as dw
 from lungfusion.synth.ids import patient_ids
@@ -44,20 +45,6 @@ log = logging.getLogger(__name__)
 # The prior study's CT reaches this much further down: more than the index counts as equal
 # coverage, so only the study choice keeps the PET/CT study's CT.
 PRIOR_STUDY_EXTRA_MM = 30.0
-CLINICAL_COLUMNS = (
-    "patient_id",
-    "label",
-    "age",
-    "sex",
-    "weight_kg",
-    "smoking",
-    "pack_years",
-    "t_stage",
-    "n_stage",
-    "m_stage",
-    "survival_days",
-    "event",
-)
 STUDY_DESCRIPTIONS = ("PET-CT WB", "PETCT Lung", "PET CT FDG", "Chest PET")
 # local z range (mm, adult scale) a CT covers: from below the diaphragm to above the apex
 CT_LOCAL_Z = (-25.0, 295.0)
@@ -647,8 +634,6 @@ def generate_cohort(
         "oracle_auc": oracle["auc"],
     }
     write_json_atomic(out_dir / "ground_truth" / "cohort.json", summary)
-    clinical = [
-        {c: r["latents"].get(c, r["patient_id"]) for c in CLINICAL_COLUMNS} for r in records
-    ]
-    write_text_atomic(out_dir / "clinical.tsv", _tsv(clinical, list(CLINICAL_COLUMNS)))
+    clinical = [{c: r["latents"].get(c, r["patient_id"]) for c in OUR_COLUMNS} for r in records]
+    write_text_atomic(out_dir / "clinical.tsv", _tsv(clinical, list(OUR_COLUMNS)))
     return summary
