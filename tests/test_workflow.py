@@ -131,6 +131,43 @@ def test_late_fusion_integrates_the_image_submodels(tiny_run):
         assert {"ct", "clinical"} <= used, fold["patterns"]
 
 
+def test_robustness_scores_every_image_fusion_network_at_every_level(tiny_run):
+    """The sweep scores each CT+PET network's test patients with PET at every configured level;
+    unperturbed, the scores are the model's own test predictions; a withheld PET changes them."""
+    summary = pd.read_csv(tiny_run / "robustness/summary.tsv", sep="\t")
+    scores = pd.read_csv(tiny_run / "robustness/scores.tsv", sep="\t", dtype={"patient_id": str})
+    folds = pd.read_csv(tiny_run / "splits/folds.tsv", sep="\t", dtype={"patient_id": str})
+    n_test = int((folds.role == "test")[folds.has_pet].sum())
+    networks = {"early", "late", "single_stage", "multistage", "mmtm", "sfsa"}
+    assert set(summary.model) == networks
+    for model in networks:
+        rows = summary[summary.model == model]
+        assert list(zip(rows.perturbation, rows.level, strict=True)) == [
+            ("shift_mm", 0.0),
+            ("shift_mm", 5.0),
+            ("drop_pet", 0.0),
+            ("drop_pet", 1.0),
+        ]
+        assert (rows.n == n_test).all()
+        own = pd.concat(
+            pd.read_csv(path, sep="\t", dtype={"patient_id": str})
+            for path in (tiny_run / "train" / model).glob("fold*/predictions.tsv")
+        ).set_index("patient_id")
+        model_scores = scores[scores.model == model]
+        for perturbation in ("shift_mm", "drop_pet"):
+            still = model_scores[
+                (model_scores.perturbation == perturbation) & (model_scores.level == 0)
+            ]
+            expected = own.loc[still.patient_id, "prob_SQC"].to_numpy()
+            np.testing.assert_allclose(still.prob_SQC.to_numpy(), expected, atol=1e-4)
+    dropped = scores[(scores.perturbation == "drop_pet") & (scores.level == 1.0)]
+    kept = scores[(scores.perturbation == "drop_pet") & (scores.level == 0.0)]
+    assert not np.allclose(dropped.prob_SQC.to_numpy(), kept.prob_SQC.to_numpy(), atol=1e-4)
+    page = (tiny_run / "report/index.html").read_text()
+    assert "Robustness to a misaligned or missing PET" in page
+    assert (tiny_run / "report/figures/robustness.png").stat().st_size > 0
+
+
 def test_metrics_and_report(tiny_run):
     table = pd.read_csv(tiny_run / "metrics/all.tsv", sep="\t")
     assert {"ct", "multistage", "mmtm", "late_logistic"} <= set(table.model)

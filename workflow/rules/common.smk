@@ -88,6 +88,11 @@ FOLDS = list(range(config["splits"]["n_folds"]))
 INTEGRATOR = "late_cox" if config["task"] == "survival" else "late_logistic"
 
 
+ROBUSTNESS = any(
+    config["robustness"][key] for key in ("misalignment_mm", "rotation_deg", "drop_pet_fraction")
+)
+
+
 def fold_outputs(models):
     return expand(
         f"{RESULTS}/train/{{model}}/fold{{fold}}/summary.json", model=models, fold=FOLDS

@@ -8,6 +8,7 @@ rule report:
         evaluated=f"{RESULTS}/metrics/summary.json",
         folds=f"{RESULTS}/splits/folds.tsv",
         rois=per_patient("{results}/roi/{pid}.json"),
+        robustness=[f"{RESULTS}/robustness/summary.tsv"] if ROBUSTNESS else [],
     output:
         **report_figures(),
         gallery=report(

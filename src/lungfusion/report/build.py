@@ -218,6 +218,13 @@ def build_report(
             "Kaplan-Meier curves of high/low risk groups (split at each fold's validation "
             "median risk) with the log-rank p-value.",
         )
+    robustness = _robustness(results, out_dir, written, plain)
+    if robustness is not None:
+        written.figures["robustness"] = (
+            figures.robustness_figure(robustness, fig_dir / "robustness.png"),
+            "Test-time robustness of the CT+PET networks: AUROC (bootstrap interval shaded) "
+            "with the PET moved or withheld (the robustness section).",
+        )
     entries = cohort_lib.qc_entries(results, patients)[: int(settings["max_gallery"])]
     gallery = figures.qc_gallery_figure(entries, fig_dir / "qc_gallery.png")
     if gallery is not None:
@@ -231,6 +238,33 @@ def build_report(
         "report: %d models, %d figures -> %s", len(metric_table.models), len(written.figures), index
     )
     return index
+
+
+def _robustness(results: Path, out_dir: Path, written, plain: dict) -> pd.DataFrame | None:
+    """The robustness stage's summary as a report table (None when the stage did not run)."""
+    path = results / "robustness" / "summary.tsv"
+    if not path.is_file():
+        return None
+    summary = pd.read_csv(path, sep="\t")
+    if summary.empty:
+        return None
+    frame = summary.assign(
+        auroc=[f"{v:.3f} ({lo:.3f}-{hi:.3f})" for v, lo, hi in
+               zip(summary.auroc, summary.ci_low, summary.ci_high, strict=True)]
+    )[["model", "perturbation", "level", "n", "auroc"]]  # fmt: skip
+    plain["robustness"] = (
+        frame,
+        "Robustness to a misaligned or missing PET",
+        "Each fold's CT+PET network scored on its own test patients with the registered PET "
+        "moved rigidly (shift_mm along a direction drawn per patient; rotation_deg about a random "
+        "axis through the ROI centre) or withheld (drop_pet: that share of the test patients "
+        "gets a zero PET and has_pet false); pooled AUROC with its bootstrap interval.",
+    )
+    written.tables["robustness"] = _write_table_files(
+        out_dir / "tables" / "robustness", frame,
+        tables.frame_to_latex(frame, caption="Robustness"), tables.frame_to_markdown(frame),
+    )  # fmt: skip
+    return summary
 
 
 def _metric_values(metrics: pd.DataFrame, name: str) -> dict[str, float]:

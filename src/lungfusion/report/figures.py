@@ -266,3 +266,31 @@ def thumbnail(path: str | Path, *, width: int = 360) -> bytes:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+ROBUSTNESS_AXES = {
+    "shift_mm": "PET shift (mm)",
+    "rotation_deg": "PET rotation (degrees)",
+    "drop_pet": "share of test patients without PET",
+}
+
+
+def robustness_figure(summary: pd.DataFrame, path: str | Path) -> Path:
+    """AUROC (with its interval) against each perturbation's level, one panel per perturbation
+    and one line per model."""
+    perturbations = [p for p in ROBUSTNESS_AXES if p in set(summary["perturbation"])]
+    figure, axes = _axes(len(perturbations))
+    for ax, perturbation in zip(axes, perturbations, strict=True):
+        part = summary[summary["perturbation"] == perturbation]
+        for model, rows in part.groupby("model", sort=False):
+            rows = rows.sort_values("level")
+            line = ax.plot(rows["level"], rows["auroc"], marker="o", label=model)[0]
+            ax.fill_between(
+                rows["level"], rows["ci_low"], rows["ci_high"], color=line.get_color(), alpha=0.15
+            )
+        ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(ROBUSTNESS_AXES[perturbation])
+        ax.set_ylabel("AUROC")
+        ax.set_ylim(0.0, 1.0)
+        ax.legend(fontsize="small")
+    return save_figure(figure, path)

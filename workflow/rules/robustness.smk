@@ -1,0 +1,33 @@
+# Test-time robustness of the CT+PET networks: a misaligned or withheld PET (off by default).
+
+
+rule robustness:
+    input:
+        models=fold_outputs(MODELS),
+        folds=f"{RESULTS}/splits/folds.tsv",
+        rois=per_patient("{results}/roi/{pid}.json"),
+        segments=per_patient("{results}/segment/{pid}/segment.json"),
+    output:
+        scores=f"{RESULTS}/robustness/scores.tsv",
+        summary=f"{RESULTS}/robustness/summary.tsv",
+    log:
+        f"{RESULTS}/logs/robustness.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/robustness.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
+        gpu=1,
+    params:
+        cfg=sections("task", "cohort", "train", "roi", "evaluate", "robustness"),
+        models=MODELS,
+        train_dir=f"{RESULTS}/train",
+        out_dir=lambda wc, output: Path(output.summary).parent,
+    shell:
+        "python -m lungfusion --params {params.cfg:q} robustness --models {params.models}"
+        " --train-dir {params.train_dir:q} --folds {input.folds:q} --roi-dir {RESULTS}/roi"
+        " --register-dir {RESULTS}/register --segment-dir {RESULTS}/segment"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
