@@ -168,6 +168,24 @@ def test_robustness_scores_every_image_fusion_network_at_every_level(tiny_run):
     assert (tiny_run / "report/figures/robustness.png").stat().st_size > 0
 
 
+def test_saliency_explains_every_image_fusion_network(tiny_run):
+    patients = pd.read_csv(tiny_run / "saliency/patients.tsv", sep="\t", dtype={"patient_id": str})
+    summary = pd.read_csv(tiny_run / "saliency/summary.tsv", sep="\t")
+    folds = pd.read_csv(tiny_run / "splits/folds.tsv", sep="\t", dtype={"patient_id": str})
+    tested = set(folds.patient_id[(folds.role == "test") & folds.has_pet])
+    networks = {"early", "late", "single_stage", "multistage", "mmtm", "sfsa"}
+    assert set(summary.model) == networks
+    for model in networks:
+        rows = patients[patients.model == model]
+        assert set(rows.patient_id) == tested
+        for pid in rows.patient_id:
+            assert (tiny_run / "saliency" / model / f"{pid}.png").stat().st_size > 0
+    shares = patients[["ct_share_in_lesion", "pet_share_in_lesion", "pet_share_of_saliency"]]
+    assert shares.stack().between(0, 1).all() and shares.notna().any().all()
+    page = (tiny_run / "report/index.html").read_text()
+    assert "<h2" in page and "Saliency" in page and "alt='saliency " in page
+
+
 def test_metrics_and_report(tiny_run):
     table = pd.read_csv(tiny_run / "metrics/all.tsv", sep="\t")
     assert {"ct", "multistage", "mmtm", "late_logistic"} <= set(table.model)

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "integrate": ("integrate", "late-fusion logistic / Cox integration of submodel scores"),
     "evaluate": ("evaluate", "metrics with bootstrap confidence intervals"),
     "robustness": ("robustness", "CT+PET networks scored with the PET misaligned or withheld"),
+    "saliency": ("saliency", "occlusion saliency of the CT+PET networks per modality"),
     "report": ("report", "HTML, Markdown, CSV and LaTeX report"),
     "predict": ("predict", "predict one new patient with trained models"),
 }

@@ -1,4 +1,4 @@
-# Test-time robustness of the CT+PET networks: a misaligned or withheld PET (off by default).
+# Test-time robustness (a misaligned or withheld PET) and saliency of the CT+PET networks (both off by default).
 
 
 rule robustness:
@@ -30,4 +30,33 @@ rule robustness:
         "python -m lungfusion --params {params.cfg:q} robustness --models {params.models}"
         " --train-dir {params.train_dir:q} --folds {input.folds:q} --roi-dir {RESULTS}/roi"
         " --register-dir {RESULTS}/register --segment-dir {RESULTS}/segment"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule saliency:
+    input:
+        models=fold_outputs(MODELS),
+        folds=f"{RESULTS}/splits/folds.tsv",
+        rois=per_patient("{results}/roi/{pid}.json"),
+    output:
+        summary=f"{RESULTS}/saliency/summary.tsv",
+    log:
+        f"{RESULTS}/logs/saliency.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/saliency.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=240,
+        gpu=1,
+    params:
+        cfg=sections("task", "cohort", "train", "roi", "radiomics", "saliency"),
+        models=MODELS,
+        train_dir=f"{RESULTS}/train",
+        out_dir=lambda wc, output: Path(output.summary).parent,
+    shell:
+        "python -m lungfusion --params {params.cfg:q} saliency --models {params.models}"
+        " --train-dir {params.train_dir:q} --folds {input.folds:q} --roi-dir {RESULTS}/roi"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"

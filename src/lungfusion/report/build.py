@@ -226,6 +226,7 @@ def build_report(
             "with the PET moved or withheld (the robustness section).",
         )
     entries = cohort_lib.qc_entries(results, patients)[: int(settings["max_gallery"])]
+    _with_saliency(results, out_dir, written, plain, entries)
     gallery = figures.qc_gallery_figure(entries, fig_dir / "qc_gallery.png")
     if gallery is not None:
         written.figures["qc_gallery"] = (gallery, "Per-patient ROI QC pictures.")
@@ -265,6 +266,35 @@ def _robustness(results: Path, out_dir: Path, written, plain: dict) -> pd.DataFr
         tables.frame_to_latex(frame, caption="Robustness"), tables.frame_to_markdown(frame),
     )  # fmt: skip
     return summary
+
+
+def _with_saliency(results: Path, out_dir: Path, written, plain: dict, entries: list) -> None:
+    """The saliency stage's cohort summary as a report table, and each gallery entry's overlay
+    (of the first network explained) beside its ROI; nothing when the stage did not run."""
+    path = results / "saliency" / "summary.tsv"
+    if not path.is_file():
+        return
+    summary = pd.read_csv(path, sep="\t")
+    plain["saliency"] = (
+        summary.round(3),
+        "Saliency",
+        "Occlusion sensitivity of each CT+PET network per modality on its test patients: the "
+        "median share of the positive saliency inside the lesion at the ROI's centre, per "
+        "modality, and of all positive saliency, the PET's share. Overlays (first network) "
+        "beside the ROIs in the QC gallery.",
+    )
+    written.tables["saliency"] = _write_table_files(
+        out_dir / "tables" / "saliency", summary.round(3),
+        tables.frame_to_latex(summary.round(3), caption="Saliency"),
+        tables.frame_to_markdown(summary.round(3)),
+    )  # fmt: skip
+    if summary.empty:
+        return
+    model = str(summary["model"].iloc[0])
+    for entry in entries:
+        overlay = results / "saliency" / model / f"{entry['patient_id']}.png"
+        if overlay.is_file():
+            entry["saliency_png"] = overlay
 
 
 def _metric_values(metrics: pd.DataFrame, name: str) -> dict[str, float]:
@@ -328,6 +358,11 @@ def _gallery_html(entries: list[dict], width: int) -> str:
             if entry.get("png") is not None
             else "<p class='bad'>no QC picture</p>"
         )
+        if entry.get("saliency_png") is not None:
+            picture += image_tag(
+                figures.thumbnail(entry["saliency_png"], width=width),
+                alt=f"saliency {entry['patient_id']}",
+            )
         items.append(
             f"<figure>{picture}<figcaption{bad}>{html.escape(caption)}"
             + (f"<br>{html.escape(extra)}" if extra else "")
