@@ -14,8 +14,8 @@ import pytest
 from lungfusion.commands import evaluate as evaluate_command
 from lungfusion.commands import integrate as integrate_command
 from lungfusion.config import load_config
+from lungfusion.estimators.clinical import fit_predict_clinical
 from lungfusion.evaluation import integrate
-from lungfusion.evaluation.clinical import fit_predict_clinical
 
 CLASSES = ["ADC", "SQC"]
 N_PATIENTS, N_FOLDS = 60, 3
