@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from lungfusion.clinical import clinical_tabular_features
-from lungfusion.folds import fold_patients
+from lungfusion.folds import fold_patients, read_folds
+from lungfusion.samplesheet import read_sheet
 from lungfusion.training.data import make_records, roi_shape, split_by_modality
 from lungfusion.training.engine import TrainSettings
 
@@ -60,6 +61,26 @@ def prepare_fold(
         n_tabular=0 if tabular is None else tabular.shape[1],
         tabular_columns=[] if tabular is None else list(tabular.columns),
         tabular_preprocessor=preprocessor,
+    )
+
+
+def load_fold(
+    *, sample_sheet: str | Path, folds_path: str | Path, fold: int, roi_dir: str | Path,
+    modalities: set[str], settings: TrainSettings, config: dict,
+    clinical_columns: list[str] | None = None,
+) -> FoldData:  # fmt: skip
+    """:func:`prepare_fold` on the sample sheet and the folds table read from their files."""
+    sheet = read_sheet(sample_sheet, config["cohort"])
+    sheet["patient_id"] = sheet.patient_id.astype(str)
+    return prepare_fold(
+        folds=read_folds(folds_path),
+        fold=fold,
+        roi_dir=roi_dir,
+        sheet=sheet,
+        modalities=modalities,
+        task=settings.task,
+        classes=settings.classes,
+        clinical_columns=clinical_columns,
     )
 
 

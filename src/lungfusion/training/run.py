@@ -7,10 +7,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lungfusion.folds import read_folds
-from lungfusion.samplesheet import read_sheet
 from lungfusion.training.engine import TrainSettings, config_hash, train_model
-from lungfusion.training.fold import excluded_summary, prepare_fold, run_hash_payload
+from lungfusion.training.fold import excluded_summary, load_fold, run_hash_payload
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +73,11 @@ def train_network(
     from lungfusion.models import build_model, required_modalities
 
     settings = settings_from_config(config, progress=progress, **loss_overrides(config, model_name))
-    sheet = read_sheet(sample_sheet, config["cohort"])
-    sheet["patient_id"] = sheet.patient_id.astype(str)
-    data = prepare_fold(
-        folds=read_folds(folds_path),
-        fold=fold,
-        roi_dir=roi_dir,
-        sheet=sheet,
-        modalities=required_modalities(model_name),
-        task=settings.task,
-        classes=settings.classes,
+    data = load_fold(
+        sample_sheet=sample_sheet, folds_path=folds_path, fold=fold, roi_dir=roi_dir,
+        modalities=required_modalities(model_name), settings=settings, config=config,
         clinical_columns=config["train"].get("clinical_columns"),
-    )
+    )  # fmt: skip
     section = model_section(config, model_name)
     options = {k: section[k] for k in MODEL_OPTIONS.get(model_name, ()) if k in section}
     build = {

@@ -24,8 +24,6 @@ import pandas as pd
 import torch
 
 from lungfusion.artifacts import software_versions, write_json_atomic
-from lungfusion.folds import read_folds
-from lungfusion.samplesheet import read_sheet
 from lungfusion.training.engine import (
     Trainer,
     TrainSettings,
@@ -33,7 +31,7 @@ from lungfusion.training.engine import (
     write_fold_predictions,
     write_table,
 )
-from lungfusion.training.fold import excluded_summary, prepare_fold, run_hash_payload
+from lungfusion.training.fold import excluded_summary, load_fold, run_hash_payload
 from lungfusion.training.run import settings_from_config
 
 log = logging.getLogger(__name__)
@@ -149,17 +147,10 @@ def run_sfsa(
     sfsa_epochs = config["train"].get("sfsa_epochs")
     overrides = {"epochs": sfsa_epochs} if sfsa_epochs else {}
     settings = settings_from_config(config, progress=progress, selection_metric="loss", **overrides)
-    sheet = read_sheet(sample_sheet, config["cohort"])
-    sheet["patient_id"] = sheet.patient_id.astype(str)
-    data = prepare_fold(
-        folds=read_folds(folds_path),
-        fold=fold,
-        roi_dir=roi_dir,
-        sheet=sheet,
-        modalities=required_modalities("mmtm"),
-        task=settings.task,
-        classes=settings.classes,
-    )
+    data = load_fold(
+        sample_sheet=sample_sheet, folds_path=folds_path, fold=fold, roi_dir=roi_dir,
+        modalities=required_modalities("mmtm"), settings=settings, config=config,
+    )  # fmt: skip
     base_build = {
         "n_classes": settings.n_outputs,
         "in_shape": list(data.in_shape),
