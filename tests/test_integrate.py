@@ -306,6 +306,17 @@ def test_evaluation_layer_does_not_import_torch():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_table_estimators_and_folds_do_not_import_torch():
+    code = (
+        "import sys, lungfusion.estimators.clinical, lungfusion.estimators.radiomics,"
+        " lungfusion.estimators.integrator, lungfusion.folds;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')"
+        " or m.startswith('lungfusion.training')]; print(bad); sys.exit(bool(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize(("modalities", "kept"), [(["ct"], True), (["ct", "pet"], False)])
 def test_a_ct_only_radiomics_submodel_keeps_the_patients_without_pet(cohort, modalities, kept):
     """The integrator masks a submodel's scores by the modalities its summary.json names: a
