@@ -26,17 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: dict) -> int:
     paths = {"fold": args.fold, "folds_path": args.folds, "sample_sheet": args.sample_sheet}
-    if args.model in TABLE_MODELS:
-        if TABLE_MODELS[args.model].reads_features:
-            run_radiomics(
-                args.model, **paths, features_path=args.radiomics_features,
-                out_dir=args.out_dir, config=config,
-            )  # fmt: skip
-        else:
-            run_clinical(**paths, out_dir=args.out_dir, config=config)
-        return 0
-    train_network(
-        args.model, **paths, roi_dir=args.roi_dir, out_dir=args.out_dir, config=config,
-        progress=not args.no_progress,
-    )  # fmt: skip
+    table_model = TABLE_MODELS.get(args.model)
+    if table_model is None:
+        train_network(
+            args.model, **paths, roi_dir=args.roi_dir, out_dir=args.out_dir, config=config,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    elif table_model.reads_features:
+        run_radiomics(
+            args.model, **paths, features_path=args.radiomics_features, out_dir=args.out_dir,
+            config=config,
+        )  # fmt: skip
+    else:
+        run_clinical(**paths, out_dir=args.out_dir, config=config)
     return 0

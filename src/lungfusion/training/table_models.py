@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from lungfusion.config import section_settings
+from lungfusion.estimators import TABLE_MODELS
 from lungfusion.estimators.clinical import fit_clinical_model
 from lungfusion.estimators.radiomics import fit_radiomics_model
 from lungfusion.evaluation.metrics import auc_score, gmean_score
@@ -52,7 +53,7 @@ def run_clinical(
                 "clinical_columns": columns,
             },
             "excluded_missing_modality": excluded_summary({}),
-            "modalities": ["tab"],
+            "modalities": list(TABLE_MODELS["clinical"].modalities),
         },
     )  # fmt: skip
 
