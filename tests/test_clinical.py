@@ -23,7 +23,7 @@ from lungfusion.clinical import (
     parse_stage,
     patient_features,
 )
-from lungfusion.evaluation.clinical import fit_predict_clinical
+from lungfusion.estimators.clinical import fit_predict_clinical
 from lungfusion.samplesheet import read_sample_sheet
 
 nan = math.nan
@@ -265,7 +265,7 @@ def test_train_command_fits_a_clinical_cox_model(tmp_path):
 
 
 def test_clinical_model_on_one_class_predicts_the_prior():
-    from lungfusion.evaluation.clinical import fit_predict_clinical
+    from lungfusion.estimators.clinical import fit_predict_clinical
 
     sheet = pd.DataFrame(
         {

@@ -74,3 +74,27 @@ def test_snakemake_rejects_a_bad_config_before_any_job(tmp_path, repo_dir):
     assert result.returncode != 0
     assert "bspline" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_train_settings_defaults_are_the_schemas():
+    """The engine's defaults (a run from Python without a config) match the schema's ``train``
+    defaults, so both ways of training give the same run."""
+    from dataclasses import MISSING, fields
+
+    from lungfusion.config import load_schema
+    from lungfusion.training.engine import TrainSettings
+
+    schema = load_schema("config.schema.yaml")["properties"]["train"]["properties"]
+    compared = []
+    for field in fields(TrainSettings):
+        if field.name not in schema:
+            continue
+        default = field.default if field.default_factory is MISSING else field.default_factory()
+        if field.name == "augment":
+            keys = schema["augment"]["properties"].keys() & default.keys()
+            wanted = {k: schema["augment"]["properties"][k]["default"] for k in keys}
+            assert {k: default[k] for k in keys} == wanted
+        else:
+            assert default == schema[field.name]["default"], field.name
+        compared.append(field.name)
+    assert {"epochs", "lr", "optimizer", "selection_metric", "augment", "device"} <= set(compared)

@@ -14,8 +14,8 @@ import pytest
 from lungfusion.commands import evaluate as evaluate_command
 from lungfusion.commands import integrate as integrate_command
 from lungfusion.config import load_config
+from lungfusion.estimators.clinical import fit_predict_clinical
 from lungfusion.evaluation import integrate
-from lungfusion.evaluation.clinical import fit_predict_clinical
 
 CLASSES = ["ADC", "SQC"]
 N_PATIENTS, N_FOLDS = 60, 3
@@ -299,6 +299,17 @@ def test_multiclass_integration_with_a_missing_modality():
 def test_evaluation_layer_does_not_import_torch():
     code = (
         "import sys, lungfusion.commands.evaluate, lungfusion.commands.integrate;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')"
+        " or m.startswith('lungfusion.training')]; print(bad); sys.exit(bool(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_table_estimators_and_folds_do_not_import_torch():
+    code = (
+        "import sys, lungfusion.estimators.clinical, lungfusion.estimators.radiomics,"
+        " lungfusion.estimators.integrator, lungfusion.folds;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')"
         " or m.startswith('lungfusion.training')]; print(bad); sys.exit(bool(bad))"
     )

@@ -45,7 +45,7 @@ def _save_radiomics_model(
     import numpy as np
     import pandas as pd
 
-    from lungfusion.training.radiomics import fit_radiomics_model
+    from lungfusion.estimators.radiomics import fit_radiomics_model
 
     rng = np.random.default_rng(seed)
     sqc = rng.random(60) < 0.5
@@ -55,7 +55,7 @@ def _save_radiomics_model(
         "pet_firstorder_Maximum": rng.normal(np.where(sqc, 9.0, 5.0), 1.0),
     })  # fmt: skip
     if model == "semantic":
-        from lungfusion.training.radiomics import SEMANTIC_FEATURES
+        from lungfusion.estimators.radiomics import SEMANTIC_FEATURES
 
         table = table.assign(**{c: rng.normal(size=60) for c in SEMANTIC_FEATURES})
         table["sem_log_volume_ml"] = np.log(table.lesion_ml.clip(lower=0.1))

@@ -348,7 +348,7 @@ def test_a_ct_only_lesion_model_reads_no_pet_and_keeps_the_patients_without_it(
 
 
 def test_the_semantic_model_names_the_missing_descriptors(cohort, tmp_path):
-    from lungfusion.training.radiomics import fit_radiomics_model
+    from lungfusion.estimators.radiomics import fit_radiomics_model
 
     table = pd.read_csv(cohort["features"], sep="\t").drop(columns=["loc_lateral_fraction"])
     with pytest.raises(ValueError, match="loc_lateral_fraction.*radiomics.context"):
@@ -400,7 +400,7 @@ def test_lung1_lesion_mask_covers_the_clinicians_gtv(fixtures_dir):
 def test_survival_radiomics_model_ranks_the_larger_lesions_at_higher_risk():
     from sksurv.metrics import concordance_index_censored
 
-    from lungfusion.training.radiomics import fit_radiomics_model
+    from lungfusion.estimators.radiomics import fit_radiomics_model
 
     rng = np.random.default_rng(3)
     n = 120

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from training_helpers import write_cohort
 
-from lungfusion.training.splits import cohort_table, fold_patients, make_folds
+from lungfusion.folds import fold_patients
+from lungfusion.training.splits import cohort_table, make_folds
 
 
 def _patients(n: int = 40, positive_every: int = 4) -> pd.DataFrame:

@@ -207,7 +207,7 @@ def test_train_command_counts_patients_without_pet(cohort, tmp_path):
 
 
 def test_cindex_is_nan_when_nothing_can_be_compared():
-    from lungfusion.training.engine import cindex_score
+    from lungfusion.evaluation.survival import harrell_c as cindex_score
 
     assert np.isnan(cindex_score(np.array([100.0]), np.array([1]), np.array([0.3])))
     assert np.isnan(cindex_score(np.array([100.0, 200.0]), np.array([0, 0]), np.array([0.3, 0.1])))

@@ -1,5 +1,7 @@
 # Cross-validation splits and training, one job per model and fold.
 
+from lungfusion.estimators import LESION_FEATURE_MODELS
+
 
 rule splits:
     input:
@@ -104,7 +106,7 @@ rule train_radiomics:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}/fold{{fold}}.tsv"
     wildcard_constraints:
-        model="radiomics|semantic",
+        model="|".join(LESION_FEATURE_MODELS),
     conda:
         "../../envs/train.yaml"
     threads: 1

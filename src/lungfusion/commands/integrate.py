@@ -16,24 +16,16 @@ from pathlib import Path
 import pandas as pd
 
 from lungfusion.artifacts import Timer, software_versions, write_json_atomic
-from lungfusion.evaluation.integrate import INTEGRATORS, SUBMODELS, late_fusion
+from lungfusion.config import section_settings
+from lungfusion.evaluation.integrate import INTEGRATORS, late_fusion
 from lungfusion.evaluation.tables import write_tsv
+from lungfusion.folds import read_folds
 from lungfusion.samplesheet import read_sample_sheet
 
 log = logging.getLogger(__name__)
 
 # the name the clinical submodel fit here gets in results/metrics
 CLINICAL_NAMES = {"late_logistic": "clinical_logistic", "late_cox": "clinical_cox"}
-
-# config section `integrate` (read with these defaults until the schema has it)
-INTEGRATE_DEFAULTS = {
-    "submodels": list(SUBMODELS),
-    "logistic_C": 1.0,
-    "cox_alpha": 1.0,
-    "clinical_C": 1.0,
-    "clinical_alpha": 1.0,
-    "min_fit_patients": 5,
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: dict) -> int:
-    settings = {**INTEGRATE_DEFAULTS, **(config.get("integrate") or {})}
+    settings = section_settings(config, "integrate")
     if INTEGRATORS[args.name] != config["task"]:
         raise ValueError(
             f"integrator {args.name} is for task {INTEGRATORS[args.name]}, config task is {config['task']}"
@@ -59,7 +51,7 @@ def run(args: argparse.Namespace, config: dict) -> int:
         args.sample_sheet, sheet_format=cohort["sheet_format"], sheet_name=cohort["sheet_name"],
         columns=cohort["columns"], label_from_id=cohort["label_from_id"], classes=classes,
     )  # fmt: skip
-    folds = pd.read_csv(args.folds, sep="\t", dtype={"patient_id": str, "label": str})
+    folds = read_folds(args.folds)
     timer = Timer()
     with timer("integrate"):
         result = late_fusion(

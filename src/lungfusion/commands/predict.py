@@ -12,8 +12,8 @@ The radiomics and semantic models (``{model}/fold{k}/model.joblib``) score the l
 of the same ROI (and the segment stage's lung labels), computed with the config's
 ``radiomics`` settings, with the fold models' mean probability.
 Models that read a modality the patient lacks (PET) are skipped with the reason. Models that
-read clinical values need ``--clinical key=value`` plus the sample sheet and folds used in
-training, because their clinical features are standardised with each fold's training patients.
+read clinical values need ``--clinical key=value``; each fold model's checkpoint holds the
+clinical preprocessing fit on that fold's training patients, which turns them into its features.
 
 Prints a table and writes ``--out`` (JSON) when given. Imports torch (it runs the models).
 """
@@ -34,6 +34,7 @@ import pandas as pd
 from lungfusion.artifacts import Timer, write_json_atomic
 from lungfusion.config import section_with_defaults
 from lungfusion.errors import PatientInputError
+from lungfusion.estimators import LESION_FEATURE_MODELS
 
 log = logging.getLogger(__name__)
 FOLD_DIR = re.compile(r"^fold(\d+)$")
@@ -48,12 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--clinical", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. age=64 sex=F"
     )
     parser.add_argument("--patient-id", default="new_patient", help="name used in the output")
-    parser.add_argument(
-        "--sample-sheet", default=None, help="for clinical features (default: cohort.sample_sheet)"
-    )
-    parser.add_argument(
-        "--folds", type=Path, default=None, help="default: MODELS_DIR/../splits/folds.tsv"
-    )
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the imaging outputs here")
     parser.add_argument("--out", type=Path, default=None, help="predictions JSON")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -184,25 +179,22 @@ def parse_clinical(pairs: list[str]) -> dict[str, str]:
     return values
 
 
-def tabular_vector(
-    columns: list[str], clinical: dict, *, sheet: pd.DataFrame, train_ids: list[str], patient: str
-) -> np.ndarray:
-    """The patient's clinical features standardised with the fold's training patients."""
-    from lungfusion.training.data import tabular_features
+def tabular_vector(meta: dict, clinical: dict) -> np.ndarray:
+    """The patient's clinical features in the checkpoint's ``tabular_columns``, through the
+    preprocessing fit on the fold's training patients (``clinical_preprocessor``), as in
+    training."""
+    from lungfusion.clinical import parse_clinical_table, transform_features
 
-    row = pd.DataFrame([{"patient_id": patient, **clinical}])
-    combined = pd.concat([sheet[sheet.patient_id.astype(str) != patient], row], ignore_index=True)
-    for column in ("age", "weight_kg", "pack_years"):
-        if column in combined:
-            combined[column] = pd.to_numeric(combined[column], errors="coerce")
-    features = tabular_features(combined, fit_ids=train_ids)
-    return features.loc[patient].reindex(columns).fillna(0.0).to_numpy(np.float32)
+    row = parse_clinical_table(pd.DataFrame([clinical]))
+    features = transform_features(meta["clinical_preprocessor"], row)
+    return features.iloc[0].reindex(meta["tabular_columns"]).fillna(0.0).to_numpy(np.float32)
 
 
 def predict_model(
     checkpoints: list[Path], npz: Path, *, has_pet: bool, tab_context, device: str
 ) -> dict:
-    """One model's fold predictions and their mean (or why it was skipped)."""
+    """One model's fold predictions and their mean (or why it was skipped). ``tab_context``:
+    the patient's ``--clinical`` values, None when none were given."""
     import torch
 
     from lungfusion.models import required_modalities
@@ -218,11 +210,10 @@ def predict_model(
         tab = None
         if meta.get("tabular_columns"):
             if tab_context is None:
-                return {
-                    "skipped": "the model reads clinical values: give --clinical, the sample sheet and folds"
-                }
-            fold = int(FOLD_DIR.match(path.parent.name).group(1))
-            tab = tab_context(meta["tabular_columns"], fold)
+                return {"skipped": "the model reads clinical values: give --clinical"}
+            if meta.get("clinical_preprocessor") is None:
+                return {"skipped": "the checkpoint has no clinical preprocessing: retrain it"}
+            tab = tabular_vector(meta, tab_context)
         with torch.no_grad():
             batch = roi_batch(npz, tab=tab, device=device)
             output = forward_logits(model, batch, tta=bool(payload.get("tta"))).float().cpu()
@@ -264,30 +255,6 @@ def calibrated(fold_dir: Path, classes: list[str], probs: np.ndarray) -> dict[st
     return {c: float(table[f"prob_{c}"].iloc[0]) for c in classes}
 
 
-def _tab_context(args, config: dict, clinical: dict, patient: str):
-    """A function (columns, fold) -> feature vector, or None when the inputs are missing."""
-    if not clinical:
-        return None
-    from lungfusion.samplesheet import read_sheet
-    from lungfusion.training.splits import read_folds
-
-    sheet_path = args.sample_sheet or config["cohort"]["sample_sheet"]
-    folds_path = args.folds or args.models_dir.parent / "splits" / "folds.tsv"
-    if not Path(sheet_path).is_file() or not Path(folds_path).is_file():
-        log.warning("clinical models skipped: need %s and %s", sheet_path, folds_path)
-        return None
-    sheet = read_sheet(sheet_path, config["cohort"], keep_all_labels=True)
-    folds = read_folds(folds_path)
-
-    def vector(columns: list[str], fold: int) -> np.ndarray:
-        train = folds[(folds.fold == fold) & (folds.role == "train")].patient_id.astype(str)
-        return tabular_vector(
-            columns, clinical, sheet=sheet, train_ids=list(train), patient=patient
-        )
-
-    return vector
-
-
 def predict_radiomics(
     fold_models: list[Path], npz: Path, *, lungs: Path, register_dir: Path, has_pet: bool,
     config: dict,
@@ -327,10 +294,12 @@ def predict_radiomics(
 
 
 def run(args: argparse.Namespace, config: dict) -> int:
+    from lungfusion.training.device import resolve_device
+
     clinical = parse_clinical(args.clinical)
     checkpoints = find_checkpoints(args.models_dir, args.models)
     tables = find_checkpoints(args.models_dir, args.models, file_name="model.joblib")
-    tables = {name: paths for name, paths in tables.items() if name in ("radiomics", "semantic")}
+    tables = {name: paths for name, paths in tables.items() if name in LESION_FEATURE_MODELS}
     if not checkpoints and not tables:
         raise SystemExit(f"no trained models (*/fold*/model.pt) under {args.models_dir}")
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="lungfusion-predict-"))
@@ -340,14 +309,13 @@ def run(args: argparse.Namespace, config: dict) -> int:
         except PatientInputError as error:
             log.error("imaging failed: %s", error)
             return 1
-        tab_context = _tab_context(args, config, clinical, args.patient_id)
-        device = "cuda" if args.device == "auto" and _cuda() else args.device.replace("auto", "cpu")
+        device = resolve_device(args.device).type
         models = {
             name: predict_model(
                 paths,
                 imaging["npz"],
                 has_pet=imaging["has_pet"],
-                tab_context=tab_context,
+                tab_context=clinical or None,
                 device=device,
             )  # fmt: skip
             for name, paths in checkpoints.items()
@@ -375,12 +343,6 @@ def run(args: argparse.Namespace, config: dict) -> int:
         if args.work_dir is None:
             shutil.rmtree(work_dir, ignore_errors=True)
     return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def format_predictions(record: dict) -> str:

@@ -22,12 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sksurv.linear_model import CoxPHSurvivalAnalysis
-from sksurv.util import Surv
+from sklearn.pipeline import Pipeline
+
+from lungfusion.estimators import LESION_FEATURE_MODELS
+from lungfusion.estimators.integrator import (
+    fit_integrator,
+    integrator_target,
+    make_integrator,
+    mean_fallback,
+    predict_integrator,
+)
+from lungfusion.folds import fold_patients
 
 log = logging.getLogger(__name__)
 
@@ -81,65 +87,6 @@ def pattern_columns(columns, pattern: str) -> list[str]:
     return [c for c in columns if submodel_of(c) in chosen]
 
 
-def make_integrator(kind: str, *, C: float = 1.0, alpha: float = 1.0) -> Pipeline:
-    """Standardise the scores, then logistic regression (``classification``) or ridge Cox."""
-    if kind == "classification":
-        return make_pipeline(
-            StandardScaler(), LogisticRegression(C=C, solver="newton-cg", max_iter=1000)
-        )
-    if kind == "survival":
-        return make_pipeline(StandardScaler(), CoxPHSurvivalAnalysis(alpha=alpha))
-    raise ValueError(f"integrator kind must be classification or survival, got {kind!r}")
-
-
-def _target(kind: str, target: pd.DataFrame):
-    if kind == "classification":
-        return target["y"].to_numpy(int)
-    return Surv.from_arrays(event=target["event"].to_numpy() > 0, time=target["survival_days"])
-
-
-def fit_integrator(
-    features: pd.DataFrame, target: pd.DataFrame, *, kind: str, C: float = 1.0, alpha: float = 1.0
-) -> Pipeline:
-    """Fit one integrator. ``features`` and ``target`` are indexed by patient_id, same rows.
-
-    ``target`` holds ``y`` (class index) for classification, ``survival_days`` and ``event``
-    for survival. The only place an integrator sees patients: tests spy on it for leakage.
-    """
-    if not features.index.equals(target.index):
-        raise ValueError("integrator features and target must have the same patients in order")
-    model = make_integrator(kind, C=C, alpha=alpha)
-    model.fit(features, _target(kind, target))
-    return model
-
-
-def predict_integrator(
-    model: Pipeline, features: pd.DataFrame, *, kind: str, classes: list[str]
-) -> pd.DataFrame:
-    """``prob_<class>`` columns (classification) or ``risk`` (survival), indexed like features."""
-    if kind == "survival":
-        return pd.DataFrame({"risk": model.predict(features)}, index=features.index)
-    probs = np.zeros((len(features), len(classes)))
-    probs[:, model.classes_] = model.predict_proba(features)
-    return pd.DataFrame(probs, index=features.index, columns=[f"prob_{c}" for c in classes])
-
-
-def mean_fallback(features: pd.DataFrame, *, kind: str, classes: list[str]) -> pd.DataFrame:
-    """Unfitted combination when a pattern has too few validation patients: mean log-odds/risk."""
-    if kind == "survival":
-        return pd.DataFrame({"risk": features.mean(axis=1)}, index=features.index)
-    if len(classes) == 2:
-        positive = 1 / (1 + np.exp(-features.mean(axis=1).to_numpy()))
-        probs = np.column_stack([1 - positive, positive])
-    else:
-        logits = np.zeros((len(features), len(classes)))
-        for i, c in enumerate(classes[1:], start=1):
-            logits[:, i] = features[[col for col in features if col.endswith(f":{c}")]].mean(axis=1)
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-    return pd.DataFrame(probs, index=features.index, columns=[f"prob_{c}" for c in classes])
-
-
 def why_not_fittable(target: pd.DataFrame, *, kind: str, n_features: int, min_fit: int) -> str:
     """Empty when an integrator can be fit on these validation patients, else the reason."""
     if len(target) < max(min_fit, n_features + 1):
@@ -170,7 +117,7 @@ def _inner_cv_predictions(
     set is too small to split.
     """
     model = make_integrator(kind, C=C, alpha=alpha)
-    y = _target(kind, target)
+    y = integrator_target(kind, target)
     if kind == "classification":
         n_splits = min(5, int(target["y"].value_counts().min()))
         cv = StratifiedKFold(n_splits) if n_splits >= 2 else None
@@ -264,7 +211,11 @@ def integrate_fold(
 
 # ---------------------------------------------------------------- reading the submodels' files
 
-MODALITY_FLAGS = {"ct": "has_ct", "pet": "has_pet", "radiomics": "has_pet", "semantic": "has_pet"}
+MODALITY_FLAGS = {
+    "ct": "has_ct",
+    "pet": "has_pet",
+    **dict.fromkeys(LESION_FEATURE_MODELS, "has_pet"),
+}
 
 
 def modality_flag(submodel: str, folder: Path) -> str | None:
@@ -328,7 +279,7 @@ def submodel_fold_scores(
         val = _read_tsv(val_path) if val_path.exists() else test.iloc[0:0]
         source = str(folder)
     elif submodel == "clinical":
-        from lungfusion.evaluation.clinical import fit_predict_clinical
+        from lungfusion.estimators.clinical import fit_predict_clinical
 
         scored = fit_predict_clinical(
             sheet, fit_ids=roles["train"], score_ids=roles["val"] + roles["test"],
@@ -390,8 +341,8 @@ def late_fusion(
     for fold in sorted(folds["fold"].unique()):
         part = folds[folds["fold"] == fold]
         roles = {
-            r: part.loc[part["role"] == r, "patient_id"].astype(str).tolist()
-            for r in ("train", "val", "test")
+            r: rows["patient_id"].astype(str).tolist()
+            for r, rows in fold_patients(folds, fold).items()
         }
         flags = part.set_index(part["patient_id"].astype(str))
         test_scores, val_scores, sources = [], [], {}

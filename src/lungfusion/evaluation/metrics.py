@@ -6,6 +6,8 @@ per class (``auroc_ADC``...) and their unweighted mean (``auroc_macro``...), plu
 accuracy. They are written with numpy rather than called from scikit-learn because a bootstrap
 calls them thousands of times; tests/test_metrics.py checks them against scikit-learn.
 A ratio whose denominator is zero (e.g. PPV with no positive call) is NaN, not 0.
+The training engine's per-epoch selection scores (:func:`auc_score`, :func:`gmean_score`) are
+scikit-learn's AUROC and an arg-max G-mean, as the engine has always chosen its epochs.
 
 >>> import numpy as np
 >>> m = binary_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]), np.array([0, 1, 0, 1]))
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
 
 BINARY_METRICS = (
     "auroc",
@@ -128,3 +130,29 @@ def gmean_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
 
 
 THRESHOLD_RULES = {"youden": youden_threshold, "gmean": gmean_threshold}
+
+
+# ------------------------------------------------- model selection (the training engine's epochs)
+
+
+def gmean_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Geometric mean of per-class recall of the arg-max class (sensitivity x specificity for
+    two classes); 0 when a class is absent from ``labels``, so an epoch is not chosen on it."""
+    predicted = probs.argmax(axis=1)
+    recalls = [np.mean(predicted[labels == k] == k) for k in np.unique(labels)]
+    if len(recalls) < probs.shape[1]:
+        return 0.0  # a class absent from the set: recall undefined, count it as a miss
+    return float(np.prod(recalls) ** (1.0 / len(recalls)))
+
+
+def auc_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    """scikit-learn's AUROC of class indices and probabilities, one-vs-rest macro for more than
+    two classes; NaN unless every class is present."""
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    present = np.unique(labels)
+    if len(present) < probs.shape[1]:
+        return float("nan")
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))

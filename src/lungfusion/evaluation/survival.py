@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sksurv.compare import compare_survival
+from sksurv.exceptions import NoComparablePairException
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.metrics import (
     concordance_index_censored,
@@ -36,11 +37,16 @@ def surv(time: np.ndarray, event: np.ndarray) -> np.ndarray:
 
 
 def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's concordance: higher risk should mean earlier event. NaN with no event."""
+    """Harrell's concordance: higher risk should mean earlier event. NaN with no event or no
+    comparable pair (e.g. every event after the last censoring), as the training engine needs
+    for a fold's validation patients."""
     event = np.asarray(event).astype(bool)
     if len(event) < 2 or not event.any():
         return float("nan")
-    return float(concordance_index_censored(event, np.asarray(time, float), risk)[0])
+    try:
+        return float(concordance_index_censored(event, np.asarray(time, float), risk)[0])
+    except NoComparablePairException:
+        return float("nan")
 
 
 def uno_c(

@@ -25,8 +25,6 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
-from lungfusion.clinical import clinical_tabular_features
-
 IMAGE_KEYS = ("ct", "pet")
 
 
@@ -131,20 +129,6 @@ def make_records(
             record["tab"] = tabular.loc[pid].to_numpy(dtype=np.float32)
         records.append(record)
     return records
-
-
-def tabular_features(
-    sheet: pd.DataFrame, *, fit_ids: Sequence[str], columns: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """Clinical columns as model input (float32), indexed by patient_id.
-
-    The sheet's values are parsed (``lungfusion.clinical``: sex, age, weight, smoking,
-    pack-years, TNM as the collections write them), then imputed and scaled with statistics from
-    the ``fit_ids`` patients only (the fold's training set, so nothing leaks from validation or
-    test). ``columns`` picks parsed features (default: all but histology).
-    """
-    features, _ = clinical_tabular_features(sheet, fit_ids=fit_ids, columns=columns)
-    return features
 
 
 def roi_shape(record: dict) -> tuple[int, int, int]:

@@ -30,6 +30,8 @@ from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from lungfusion.artifacts import atomic_path, software_versions, write_json_atomic
+from lungfusion.evaluation.metrics import auc_score, gmean_score
+from lungfusion.evaluation.survival import harrell_c
 from lungfusion.training.calibration import (
     CALIBRATION_METHODS,
     apply_calibration,
@@ -187,43 +189,6 @@ def class_weights(labels: Sequence[int], n_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-# ---------------------------------------------------------------------------------- metrics
-
-
-def gmean_score(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Geometric mean of per-class recall (sensitivity x specificity for two classes)."""
-    predicted = probs.argmax(axis=1)
-    recalls = [np.mean(predicted[labels == k] == k) for k in np.unique(labels)]
-    if len(recalls) < probs.shape[1]:
-        return 0.0  # a class absent from the set: recall undefined, count it as a miss
-    return float(np.prod(recalls) ** (1.0 / len(recalls)))
-
-
-def auc_score(labels: np.ndarray, probs: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    present = np.unique(labels)
-    if len(present) < probs.shape[1]:
-        return float("nan")
-    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
-
-
-def cindex_score(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    from sksurv.exceptions import NoComparablePairException
-    from sksurv.metrics import concordance_index_censored
-
-    if len(time) < 2 or not np.asarray(event).any():  # nothing to compare
-        return float("nan")
-    try:
-        return float(concordance_index_censored(event.astype(bool), time, risk)[0])
-    except NoComparablePairException:  # e.g. no event among the validation patients
-        return float("nan")
-
-
 # ---------------------------------------------------------------------------------- loaders
 
 
@@ -365,7 +330,7 @@ class Trainer:
         if self.settings.task == "survival":
             time_ = np.array([r["time"] for r in rows])
             event = np.array([r["event"] for r in rows])
-            return {"val_cindex": cindex_score(time_, event, values)}
+            return {"val_cindex": harrell_c(time_, event, values)}
         labels = np.array([r["label"] for r in rows], dtype=int)
         return {"val_auc": auc_score(labels, values), "val_gmean": gmean_score(labels, values)}
 

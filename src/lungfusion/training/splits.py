@@ -14,10 +14,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from lungfusion.folds import FOLD_COLUMNS
 from lungfusion.status import describe, failure_of
-
-FOLD_COLUMNS = ["patient_id", "label", "fold", "role", "has_ct", "has_pet"]
-ROLES = ("train", "val", "test")
 
 
 def make_folds(
@@ -153,21 +151,3 @@ def cohort_table(
         if task == "survival":
             rows[-1]["event"] = record.get("event")
     return pd.DataFrame(rows)
-
-
-def fold_patients(folds: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
-    """The rows of one fold, by role."""
-    part = folds[folds.fold == fold]
-    if part.empty:
-        raise ValueError(
-            f"fold {fold} not in the folds table (folds: {sorted(folds.fold.unique())})"
-        )
-    return {role: part[part.role == role].reset_index(drop=True) for role in ROLES}
-
-
-def read_folds(path: str | Path) -> pd.DataFrame:
-    folds = pd.read_csv(path, sep="\t", dtype={"patient_id": str, "label": str})
-    missing = set(FOLD_COLUMNS) - set(folds.columns)
-    if missing:
-        raise ValueError(f"{path} lacks columns {sorted(missing)}")
-    return folds

@@ -31,9 +31,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sksurv.linear_model import CoxPHSurvivalAnalysis
-from sksurv.util import Surv
 
-from lungfusion.evaluation.clinical import estimator_scores
+from lungfusion.estimators.targets import (
+    classification_target,
+    estimator_scores,
+    survival_target,
+)
 
 FEATURE_PREFIXES = ("ct_", "pet_", "lesion_", "ctpet_", "loc_", "sem_")
 # the semantic model: what a radiologist reads off the PET-CT, each on a scale a linear model
@@ -47,11 +50,6 @@ SEMANTIC_FEATURES = (
     "ctpet_offset_cosine",
     "loc_lateral_fraction",
 )
-LESION_FEATURE_MODELS = ("radiomics", "semantic")
-MODEL_DEFAULTS = {
-    "radiomics": {"C": 0.01, "alpha": 10.0, "modalities": ["ct", "pet"]},
-    "semantic": {"C": 0.1, "alpha": 1.0, "modalities": ["ct", "pet"]},
-}
 PET_PREFIXES = ("pet_", "ctpet_", "sem_log_suvmax", "sem_pet_core_ratio")
 
 
@@ -110,14 +108,10 @@ def fit_radiomics_model(
         )
     fit = table.set_index(table["patient_id"].astype(str), drop=False).loc[list(map(str, fit_ids))]
     if task == "survival":
-        days = pd.to_numeric(fit["survival_days"], errors="coerce")
-        event = pd.to_numeric(fit["event"], errors="coerce")
-        known = (days.notna() & event.notna()).to_numpy()
-        target = Surv.from_arrays(event=event[known] > 0, time=days[known].astype(float))
+        known, target = survival_target(fit)
         estimator = CoxPHSurvivalAnalysis(alpha=alpha)
     else:
-        known = fit["label"].isin(classes).to_numpy()
-        target = fit["label"][known].map({c: i for i, c in enumerate(classes)}).to_numpy(int)
+        known, target = classification_target(fit, classes)
         if len(np.unique(target)) < 2:
             raise ValueError("the radiomics model needs both classes among its training patients")
         estimator = LogisticRegression(C=C, class_weight="balanced", max_iter=5000)

@@ -26,9 +26,13 @@ from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.linear_model import LogisticRegression
 from sksurv.linear_model import CoxPHSurvivalAnalysis
-from sksurv.util import Surv
 
 from lungfusion.clinical import fit_preprocessor, parse_clinical_table, transform_features
+from lungfusion.estimators.targets import (
+    classification_target,
+    estimator_scores,
+    survival_target,
+)
 
 TASKS = ("classification", "survival")
 log = logging.getLogger(__name__)
@@ -56,16 +60,6 @@ class ClinicalModel:
         return estimator_scores(self.estimator, self.features(sheet), self.task, self.classes)
 
 
-def estimator_scores(estimator, x, task: str, classes: Sequence[str] | None) -> dict:
-    """A fitted scikit-learn estimator's ``{"prob_<class>": ...}`` for every class, including
-    any its training patients lacked (probability 0), or ``{"risk": ...}`` for survival."""
-    if task == "survival":
-        return {"risk": np.asarray(estimator.predict(x), dtype=float)}
-    probs = np.zeros((len(x), len(classes)))
-    probs[:, estimator.classes_] = estimator.predict_proba(x)
-    return {f"prob_{c}": probs[:, i] for i, c in enumerate(classes)}
-
-
 def fit_clinical_model(
     sheet: pd.DataFrame,
     *,
@@ -84,8 +78,7 @@ def fit_clinical_model(
     if task == "classification":
         if classes is None:
             raise ValueError("classes are needed for a classification clinical model")
-        known = fit["label"].isin(classes).to_numpy()
-        target = fit["label"][known].map({c: i for i, c in enumerate(classes)}).to_numpy(int)
+        known, target = classification_target(fit, classes)
         if len(np.unique(target)) < 2:
             # a tiny fold can hold one class only: predict its prior instead of stopping the run
             log.warning(
@@ -95,15 +88,12 @@ def fit_clinical_model(
         else:
             estimator = LogisticRegression(C=C, solver="newton-cg", max_iter=1000)
     else:
-        days = pd.to_numeric(fit["survival_days"], errors="coerce")
-        event = pd.to_numeric(fit["event"], errors="coerce")
-        known = (days.notna() & event.notna()).to_numpy()
-        if not (event[known] > 0).any():
+        known, target = survival_target(fit)
+        if not target["event"].any():
             log.warning("no event among the clinical Cox model's training patients: constant risk")
             target = np.zeros(int(known.sum()))
             estimator = DummyRegressor(strategy="constant", constant=0.0)
         else:
-            target = Surv.from_arrays(event=event[known] > 0, time=days[known].astype(float))
             estimator = CoxPHSurvivalAnalysis(alpha=alpha)
     parsed = parse_clinical_table(fit[known])
     preprocessor = fit_preprocessor(parsed, columns=columns)
