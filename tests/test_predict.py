@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lungfusion.cli import main  # noqa: E402
-from lungfusion.commands.predict import find_checkpoints, load_checkpoint, parse_clinical  # noqa: E402
+from lungfusion.inference import find_checkpoints, load_checkpoint, parse_clinical  # noqa: E402
 from lungfusion.models import build_model  # noqa: E402
 
 ROI_SHAPE_XYZ = [32, 32, 16]
@@ -166,7 +166,7 @@ def test_predict_scores_a_tta_checkpoint_as_it_was_selected(tmp_path):
     symmetries, as its validation was."""
     import numpy as np
 
-    from lungfusion.commands.predict import predict_model, roi_batch
+    from lungfusion.inference import predict_model, roi_batch
     from lungfusion.training.engine import symmetric_logits
 
     rng = np.random.default_rng(0)
@@ -189,7 +189,7 @@ def test_predict_applies_the_folds_calibration(tmp_path):
     """calibration.json beside model.pt maps the probabilities as the fold's predictions.tsv."""
     import numpy as np
 
-    from lungfusion.commands.predict import predict_model
+    from lungfusion.inference import predict_model
 
     rng = np.random.default_rng(1)
     npz = tmp_path / "p.npz"

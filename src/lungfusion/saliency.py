@@ -62,8 +62,9 @@ def modality_saliency(
     }
     wrapped = _one_modality(model, batch, modality).eval()
     occlusion = OcclusionSensitivity(
-        wrapped, mask_size=mask_size, n_batch=32, verbose=False, mode="mean_img", overlap=0.0
-    )
+        wrapped, mask_size=mask_size, n_batch=32, verbose=False, mode="mean_img", overlap=0.0,
+        activate=lambda logits: torch.softmax(logits, dim=1),  # its own default is a sigmoid
+    )  # fmt: skip
     with torch.no_grad():
         unoccluded = torch.softmax(wrapped(batch[modality]).float(), dim=1)[0, class_index]
         occluded, _ = occlusion(batch[modality])
@@ -120,7 +121,7 @@ def explain_model(
 ) -> pd.DataFrame:
     """Saliency of every fold's network on its test patients with PET: one PNG and one row
     (lesion shares, totals) per patient."""
-    from lungfusion.commands.predict import load_checkpoint
+    from lungfusion.inference import load_checkpoint
 
     rows = []
     for fold in sorted(folds["fold"].unique()):

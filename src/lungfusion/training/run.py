@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from lungfusion.training.device import seed_everything
 from lungfusion.training.engine import TrainSettings, config_hash, train_model
 from lungfusion.training.fold import excluded_summary, load_fold, run_hash_payload
 
@@ -88,6 +89,7 @@ def train_network(
         "n_tabular": data.n_tabular,
         **options,
     }
+    seed_everything(settings.seed)  # the initial weights too: a rerun repeats the run
     model = build_model(model_name, **build)
     if section.get("pretrained"):
         load_pretrained_encoder(model, section["pretrained"])

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from lungfusion.artifacts import software_versions, write_json_atomic
+from lungfusion.training.device import seed_everything
 from lungfusion.training.engine import (
     Trainer,
     TrainSettings,
@@ -160,6 +161,7 @@ def run_sfsa(
     }
 
     def build(positions: tuple[int, ...]):
+        seed_everything(settings.seed)  # the initial weights too: a rerun repeats the search
         return build_model("mmtm", **base_build, mmtm_positions=positions)
 
     hashes: dict[tuple[int, ...], str] = {}
