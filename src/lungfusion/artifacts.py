@@ -46,14 +46,6 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_image_atomic(image, path: str | Path) -> None:
-    """A SimpleITK image to ``path`` (compressed NIfTI), all or nothing."""
-    import SimpleITK as sitk
-
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-
-
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()

@@ -21,7 +21,6 @@ runs the models).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -35,6 +34,7 @@ from lungfusion.artifacts import Timer
 from lungfusion.config import section_with_defaults
 from lungfusion.errors import PatientInputError
 from lungfusion.estimators import LESION_FEATURE_MODELS
+from lungfusion.training.checkpoint import calibrated, load_checkpoint
 
 log = logging.getLogger(__name__)
 FOLD_DIR = re.compile(r"^fold(\d+)$")
@@ -118,25 +118,6 @@ def find_checkpoints(
         if FOLD_DIR.match(path.parent.name) and (names is None or path.parent.parent.name in names):
             found.setdefault(path.parent.parent.name, []).append(path)
     return found
-
-
-def load_checkpoint(path: Path, *, device: str = "cpu"):
-    """Rebuild a trained model from the training engine's ``model.pt``; returns (model, payload).
-
-    The payload's ``model`` entry holds the registry name and the ``build`` arguments the
-    training command used, so ``build_model(name, **build)`` rebuilds the same network.
-    """
-    import torch
-
-    from lungfusion.models import build_model
-
-    payload = torch.load(path, map_location=device, weights_only=False)
-    meta = payload.get("model") or {}
-    if "name" not in meta or "build" not in meta:
-        raise ValueError(f"{path}: checkpoint lacks the model name and build arguments")
-    model = build_model(meta["name"], **meta["build"])
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), payload
 
 
 def roi_batch(npz: Path, *, tab: np.ndarray | None = None, device: str = "cpu") -> dict:
@@ -227,19 +208,6 @@ def fold_mean(folds: dict) -> dict:
             }
         }
     return {**result, "n_folds": len(folds), "averaging": AVERAGING, "folds": folds}
-
-
-def calibrated(fold_dir: Path, classes: list[str], probs: np.ndarray) -> dict[str, float]:
-    """The fold's calibration (``calibration.json``, written by the training engine) applied to
-    one patient's probabilities, so they match the fold's ``predictions.tsv``."""
-    from lungfusion.training.calibration import apply_calibration
-    from lungfusion.training.engine import CALIBRATION_FILE
-
-    table = pd.DataFrame([{f"prob_{c}": float(p) for c, p in zip(classes, probs, strict=True)}])
-    path = fold_dir / CALIBRATION_FILE
-    if path.is_file():
-        table = apply_calibration(table, json.loads(path.read_text()), tuple(classes))
-    return {c: float(table[f"prob_{c}"].iloc[0]) for c in classes}
 
 
 def predict_radiomics(

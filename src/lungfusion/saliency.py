@@ -121,7 +121,7 @@ def explain_model(
 ) -> pd.DataFrame:
     """Saliency of every fold's network on its test patients with PET: one PNG and one row
     (lesion shares, totals) per patient."""
-    from lungfusion.inference import load_checkpoint
+    from lungfusion.training.checkpoint import load_checkpoint
 
     rows = []
     for fold in sorted(folds["fold"].unique()):

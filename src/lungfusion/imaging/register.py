@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lungfusion.artifacts import Timer, atomic_path, read_json, write_image_atomic
+from lungfusion.artifacts import Timer, atomic_path, read_json
 from lungfusion.errors import PatientInputError
+from lungfusion.imaging.nifti import write_image_atomic
 from lungfusion.imaging.resample import resample_onto, resample_to_spacing, target_grid
 from lungfusion.status import run_patient_stage
 

@@ -41,8 +41,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from lungfusion.artifacts import Timer, write_image_atomic
+from lungfusion.artifacts import Timer
 from lungfusion.errors import PatientInputError
+from lungfusion.imaging.nifti import write_image_atomic
 from lungfusion.status import run_patient_stage
 
 log = logging.getLogger(__name__)

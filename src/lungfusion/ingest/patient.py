@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungfusion.artifacts import Timer, write_image_atomic
+from lungfusion.artifacts import Timer
 from lungfusion.errors import PatientInputError
+from lungfusion.imaging.nifti import write_image_atomic
 from lungfusion.ingest.index import read_file_list
 from lungfusion.ingest.rtstruct import gtv_mask
 from lungfusion.ingest.series import read_ct_series, read_pet_suv

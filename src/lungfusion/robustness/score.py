@@ -59,7 +59,7 @@ def score_model(
     """Every fold model of ``model_name`` on its test patients with PET, at every level."""
     import torch
 
-    from lungfusion.inference import calibrated, load_checkpoint
+    from lungfusion.training.checkpoint import calibrated, load_checkpoint
     from lungfusion.training.engine import forward_logits
 
     windows = {"ct_window": roi_settings["ct_window"], "suv_window": roi_settings["suv_window"]}
