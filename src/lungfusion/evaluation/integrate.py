@@ -25,6 +25,8 @@ import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 
+from lungfusion.artifacts import Timer, software_versions, write_json_atomic
+from lungfusion.config import section_settings
 from lungfusion.estimators import LESION_FEATURE_MODELS
 from lungfusion.estimators.integrator import (
     fit_integrator,
@@ -33,7 +35,9 @@ from lungfusion.estimators.integrator import (
     mean_fallback,
     predict_integrator,
 )
-from lungfusion.folds import fold_patients
+from lungfusion.evaluation.tables import write_tsv
+from lungfusion.folds import fold_patients, read_folds
+from lungfusion.samplesheet import read_sheet
 
 log = logging.getLogger(__name__)
 
@@ -427,3 +431,80 @@ def _with_outcomes(
             )
     out["pattern"] = predicted["pattern"].to_numpy()
     return out.sort_values(["fold", "patient_id"]).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ the integrate stage's run
+#
+# Late-fusion logistic / Cox integration of the submodels' scores.
+#
+# Writes ``{out}/predictions.tsv`` (the model-prediction layout plus ``pattern``),
+# ``val_predictions.tsv`` (the validation patients, by inner cross-validation), the clinical
+# submodel's own predictions under ``submodels/clinical_logistic/fold{k}/`` (or
+# ``clinical_cox``) when it was fit here, so ``evaluate`` scores it like any model under a name
+# that cannot clash with a clinical model of the training engine, and last ``summary.json``.
+
+# the name the clinical submodel fit here gets in results/metrics
+CLINICAL_NAMES = {"late_logistic": "clinical_logistic", "late_cox": "clinical_cox"}
+
+
+def run_integration(
+    name: str,
+    *,
+    train_dir: Path,
+    folds_path: Path,
+    sample_sheet: Path,
+    out_dir: Path,
+    submodels: list[str] | None,
+    config: dict,
+) -> dict:
+    """Fit and score the ``name`` integrator on every fold; write its files under ``out_dir``
+    (``summary.json`` last) and return the summary."""
+    settings = section_settings(config, "integrate")
+    if INTEGRATORS[name] != config["task"]:
+        raise ValueError(
+            f"integrator {name} is for task {INTEGRATORS[name]}, config task is {config['task']}"
+        )
+    classes = list(config["cohort"]["classes"])
+    sheet = read_sheet(sample_sheet, config["cohort"])
+    folds = read_folds(folds_path)
+    timer = Timer()
+    with timer("integrate"):
+        result = late_fusion(
+            name=name, train_dir=train_dir, folds=folds, sheet=sheet, classes=classes,
+            submodels=submodels or settings["submodels"],
+            C=float(settings["logistic_C"]), alpha=float(settings["cox_alpha"]),
+            clinical_C=float(settings["clinical_C"]), clinical_alpha=float(settings["clinical_alpha"]),
+            min_fit=int(settings["min_fit_patients"]),
+        )  # fmt: skip
+    out = out_dir
+    write_tsv(result["predictions"], out / "predictions.tsv")
+    write_tsv(result["val_predictions"], out / "val_predictions.tsv")
+    for fold, (test, val) in result["clinical"].items():
+        folder = out / "submodels" / CLINICAL_NAMES[name] / f"fold{fold}"
+        write_tsv(_submodel_layout(test, sheet, fold, config["task"]), folder / "predictions.tsv")
+        write_tsv(
+            _submodel_layout(val, sheet, fold, config["task"]), folder / "val_predictions.tsv"
+        )
+    summary = result["summary"]
+    summary.update(
+        inputs={"train_dir": str(train_dir), "folds": str(folds_path), "sample_sheet": str(sample_sheet)},
+        parameters=settings, timings_s=timer.seconds, software=software_versions(),
+    )  # fmt: skip
+    write_json_atomic(out / "summary.json", summary)
+    log.info("%s: %d patients; patterns %s", name, summary["n_patients"], summary["pattern_counts"])
+    return summary
+
+
+def _submodel_layout(
+    scored: pd.DataFrame, sheet: pd.DataFrame, fold: int, task: str
+) -> pd.DataFrame:
+    """The clinical submodel's scores in the training engine's predictions layout."""
+    table = sheet.set_index(sheet["patient_id"].astype(str))
+    out = scored.copy()
+    out.insert(1, "fold", fold)
+    out.insert(2, "label", table["label"].reindex(out["patient_id"].astype(str)).to_numpy())
+    if task == "survival":
+        for column in ("survival_days", "event"):
+            values = pd.to_numeric(table[column], errors="coerce")
+            out[column] = values.reindex(out["patient_id"].astype(str)).to_numpy()
+    return out

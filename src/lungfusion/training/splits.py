@@ -8,14 +8,18 @@ each fold's validation patients are drawn from its training patients, never from
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from lungfusion.artifacts import atomic_path
 from lungfusion.folds import FOLD_COLUMNS
 from lungfusion.status import describe, failure_of
+
+log = logging.getLogger(__name__)
 
 
 def make_folds(
@@ -151,3 +155,34 @@ def cohort_table(
         if task == "survival":
             rows[-1]["event"] = record.get("event")
     return pd.DataFrame(rows)
+
+
+def write_splits(
+    sheet: pd.DataFrame,
+    *,
+    roi_dir: Path,
+    out: Path,
+    cohort_out: Path,
+    task: str,
+    classes: list[str],
+    n_folds: int,
+    validation_fraction: float,
+    seed: int,
+) -> pd.DataFrame:
+    """The cohort table (``cohort_out``) and the folds over its included patients (``out``,
+    written last); returns the folds."""
+    table = cohort_table(sheet, roi_dir, task=task, classes=classes)
+    included = table[table.included == "yes"]
+    log.info("%d of %d sheet patients included", len(included), len(table))
+    folds = make_folds(
+        included,
+        n_folds=n_folds,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        stratify_column="event" if task == "survival" else "label",
+    )
+    with atomic_path(cohort_out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    with atomic_path(out) as tmp:  # the tracked output, written last
+        folds.to_csv(tmp, sep="\t", index=False)
+    return folds
