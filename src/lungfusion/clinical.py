@@ -316,13 +316,13 @@ def clinical_tabular_features(
 ) -> tuple[pd.DataFrame, ColumnTransformer]:
     """Model-ready clinical features for every patient of ``sheet``, indexed by patient_id,
     with the transformer fit on the ``fit_ids`` patients only; returns (features, transformer)."""
-    ids = sheet["patient_id"].astype(str)
+    ids = sheet["patient_id"]
     parsed = parse_clinical_table(sheet.reset_index(drop=True)).set_index(ids.to_numpy())
     parsed.index.name = "patient_id"
-    missing = sorted(set(map(str, fit_ids)) - set(parsed.index))
+    missing = sorted(set(fit_ids) - set(parsed.index))
     if missing:
         raise KeyError(f"training patients missing from the sample sheet: {missing[:5]}")
-    transformer = fit_preprocessor(parsed.loc[[str(p) for p in fit_ids]], columns=columns)
+    transformer = fit_preprocessor(parsed.loc[list(fit_ids)], columns=columns)
     return transform_features(transformer, parsed), transformer
 
 

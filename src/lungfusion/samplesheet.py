@@ -114,7 +114,8 @@ def read_sample_sheet(
     label_from_id: dict | None = None,
     classes: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Return the sheet with our column names, one row per patient, IDs checked.
+    """Return the sheet with our column names, one row per patient, IDs checked and as text
+    (the one place they are made strings: later stages read every table's IDs as text).
 
     Rows whose label is not one of ``classes`` are dropped with a log line (e.g. small-cell
     patients in a two-class ADC/SQC study); a blank label is kept as missing.

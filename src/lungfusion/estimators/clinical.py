@@ -73,7 +73,7 @@ def fit_clinical_model(
     """Fit on the ``fit_ids`` patients; those without a usable target are not fit on."""
     if task not in TASKS:
         raise ValueError(f"task must be classification or survival, got {task!r}")
-    table = sheet.set_index(sheet["patient_id"].astype(str), drop=False)
+    table = sheet.set_index("patient_id", drop=False)
     fit = table.loc[[str(p) for p in fit_ids]]
     if task == "classification":
         if classes is None:
@@ -125,6 +125,6 @@ def fit_predict_clinical(
     model = fit_clinical_model(
         sheet, fit_ids=fit_ids, task=task, classes=classes, C=C, alpha=alpha, columns=columns
     )
-    table = sheet.set_index(sheet["patient_id"].astype(str), drop=False)
+    table = sheet.set_index("patient_id", drop=False)
     score = table.loc[[str(p) for p in score_ids]]
     return pd.DataFrame({"patient_id": score.index.to_list(), **model.score(score)})

@@ -106,7 +106,7 @@ def fit_radiomics_model(
         raise ValueError(
             f"the radiomics table has no feature columns ({', '.join(FEATURE_PREFIXES)})"
         )
-    fit = table.set_index(table["patient_id"].astype(str), drop=False).loc[list(map(str, fit_ids))]
+    fit = table.set_index("patient_id", drop=False).loc[list(fit_ids)]
     if task == "survival":
         known, target = survival_target(fit)
         estimator = CoxPHSurvivalAnalysis(alpha=alpha)

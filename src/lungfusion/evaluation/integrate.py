@@ -60,7 +60,7 @@ def score_features(
     Columns are ``<submodel>`` (binary log-odds, or survival risk) or ``<submodel>:<class>``
     (multi-class log-odds against the first class).
     """
-    index = predictions["patient_id"].astype(str)
+    index = predictions["patient_id"]
     if task == "survival":
         return pd.DataFrame({submodel: predictions["risk"].to_numpy(float)}, index=index)
     probs = predictions[[f"prob_{c}" for c in classes]].to_numpy(float)
@@ -245,7 +245,7 @@ def _read_tsv(path: Path) -> pd.DataFrame:
 
 def targets(sheet: pd.DataFrame, *, kind: str, classes: list[str]) -> pd.DataFrame:
     """Integrator targets indexed by patient_id: ``y``, or ``survival_days`` and ``event``."""
-    table = sheet.set_index(sheet["patient_id"].astype(str))
+    table = sheet.set_index(sheet["patient_id"])
     if kind == "classification":
         y = table["label"].map({c: i for i, c in enumerate(classes)})
         return pd.DataFrame({"y": y}).dropna().astype(int)
@@ -294,8 +294,8 @@ def submodel_fold_scores(
         source = f"fit here on the {len(roles['train'])} training patients of fold {fold}"
     else:
         raise FileNotFoundError(f"no predictions for submodel {submodel!r} in {folder}")
-    test = test[test["patient_id"].astype(str).isin(roles["test"])]
-    val = val[val["patient_id"].astype(str).isin(roles["val"])]
+    test = test[test["patient_id"].isin(roles["test"])]
+    val = val[val["patient_id"].isin(roles["val"])]
     return test.reset_index(drop=True), val.reset_index(drop=True), source
 
 
@@ -344,11 +344,8 @@ def late_fusion(
     warnings: list[str] = []
     for fold in sorted(folds["fold"].unique()):
         part = folds[folds["fold"] == fold]
-        roles = {
-            r: rows["patient_id"].astype(str).tolist()
-            for r, rows in fold_patients(folds, fold).items()
-        }
-        flags = part.set_index(part["patient_id"].astype(str))
+        roles = {r: rows["patient_id"].tolist() for r, rows in fold_patients(folds, fold).items()}
+        flags = part.set_index(part["patient_id"])
         test_scores, val_scores, sources = [], [], {}
         for submodel in submodels:
             try:
@@ -413,10 +410,8 @@ def _with_outcomes(
     predicted: pd.DataFrame, sheet: pd.DataFrame, *, kind: str, classes: list[str]
 ) -> pd.DataFrame:
     """Predictions in the model-prediction layout, with label (and survival) from the sheet."""
-    table = sheet.set_index(sheet["patient_id"].astype(str))
-    out = pd.DataFrame(
-        {"patient_id": predicted.index.astype(str), "fold": predicted["fold"].to_numpy()}
-    )
+    table = sheet.set_index(sheet["patient_id"])
+    out = pd.DataFrame({"patient_id": predicted.index, "fold": predicted["fold"].to_numpy()})
     out["label"] = (
         table["label"].reindex(out["patient_id"]).to_numpy() if "label" in table else None
     )
@@ -499,12 +494,12 @@ def _submodel_layout(
     scored: pd.DataFrame, sheet: pd.DataFrame, fold: int, task: str
 ) -> pd.DataFrame:
     """The clinical submodel's scores in the training engine's predictions layout."""
-    table = sheet.set_index(sheet["patient_id"].astype(str))
+    table = sheet.set_index(sheet["patient_id"])
     out = scored.copy()
     out.insert(1, "fold", fold)
-    out.insert(2, "label", table["label"].reindex(out["patient_id"].astype(str)).to_numpy())
+    out.insert(2, "label", table["label"].reindex(out["patient_id"]).to_numpy())
     if task == "survival":
         for column in ("survival_days", "event"):
             values = pd.to_numeric(table[column], errors="coerce")
-            out[column] = values.reindex(out["patient_id"].astype(str)).to_numpy()
+            out[column] = values.reindex(out["patient_id"]).to_numpy()
     return out

@@ -393,7 +393,7 @@ def index_one_patient(
     series = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
     if series.empty:
         raise PatientInputError(f"no readable DICOM series under {dicom_dir}", patient=patient)
-    n_ids = series["patient_id"].astype(str).nunique()
+    n_ids = series["patient_id"].nunique()
     if n_ids > 1:  # the IDs themselves may be PHI: give only their number
         raise PatientInputError(
             f"{dicom_dir} holds {n_ids} DICOM PatientIDs; give one patient's folder",

@@ -286,15 +286,15 @@ def choose_series(
     table = series.copy().reset_index(drop=True)
     table["chosen"] = ""
     table["reason"] = ""
-    wanted = list(dict.fromkeys(str(p) for p in patient_ids))
+    wanted = list(dict.fromkeys(patient_ids))
     missing_rows = []
     for patient in wanted:
-        rows = table[table["patient_id"].astype(str) == patient]
+        rows = table[table["patient_id"] == patient]
         if rows.empty:
             missing_rows.append({"patient_id": patient, "chosen": "", "reason": "no DICOM found"})
             continue
         _choose_for_patient(table, rows, patient, (low, high), study_choice, overrides)
-    others = ~table["patient_id"].astype(str).isin(wanted)
+    others = ~table["patient_id"].isin(wanted)
     table.loc[others, "reason"] = "patient not in the sample sheet"
     if missing_rows:
         table = pd.concat([table, pd.DataFrame(missing_rows)], ignore_index=True)

@@ -124,7 +124,7 @@ def exclusions(cohort: pd.DataFrame) -> pd.DataFrame:
     blank = pd.Series("", index=excluded.index)
     return pd.DataFrame(
         {
-            "patient_id": excluded["patient_id"].astype(str),
+            "patient_id": excluded["patient_id"],
             "label": excluded.get("label", ""),
             "excluded_at": excluded.get("excluded_at", blank),
             "reason": excluded.get("reason", blank).map(redact),
@@ -135,7 +135,7 @@ def exclusions(cohort: pd.DataFrame) -> pd.DataFrame:
 def patient_ids(results: Path, cohort: pd.DataFrame) -> list[str]:
     """Every patient the report knows: the cohort table's, else the ROI sidecars'."""
     if not cohort.empty:
-        return sorted(cohort["patient_id"].astype(str))
+        return sorted(cohort["patient_id"])
     return sorted(p.stem for p in (results / "roi").glob("*.json"))
 
 

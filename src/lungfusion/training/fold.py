@@ -46,7 +46,7 @@ def prepare_fold(
     tabular, preprocessor = None, None
     if "tab" in modalities:  # imputation and scaling fit on the training patients only
         tabular, preprocessor = clinical_tabular_features(
-            sheet, fit_ids=list(kept["train"].patient_id.astype(str)), columns=clinical_columns
+            sheet, fit_ids=list(kept["train"].patient_id), columns=clinical_columns
         )
     records = {}
     for role, rows in kept.items():
@@ -71,7 +71,6 @@ def load_fold(
 ) -> FoldData:  # fmt: skip
     """:func:`prepare_fold` on the sample sheet and the folds table read from their files."""
     sheet = read_sheet(sample_sheet, config["cohort"])
-    sheet["patient_id"] = sheet.patient_id.astype(str)
     return prepare_fold(
         folds=read_folds(folds_path),
         fold=fold,
@@ -92,7 +91,7 @@ def fold_roles_with(
     kept, excluded = {}, {}
     for role, rows in fold_patients(folds, fold).items():
         kept[role], dropped = split_by_modality(rows, modalities)
-        excluded[role] = sorted(dropped.patient_id.astype(str))
+        excluded[role] = sorted(dropped.patient_id)
     return kept, excluded
 
 

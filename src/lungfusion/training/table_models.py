@@ -33,7 +33,6 @@ def run_clinical(
     section = table_model_section(config, "clinical")
     columns = config["train"].get("clinical_columns")
     sheet = read_sheet(sample_sheet, config["cohort"])
-    sheet["patient_id"] = sheet.patient_id.astype(str)
     roles = _table_model_roles(folds_path, fold)
     out_dir = _fresh_out_dir(out_dir)
     model = fit_clinical_model(
@@ -74,7 +73,6 @@ def run_radiomics(
         raise ValueError(f"model {model_name} needs --radiomics-features (lungfusion radiomics)")
     features = pd.read_csv(features_path, sep="\t", dtype={"patient_id": str})
     sheet = read_sheet(sample_sheet, config["cohort"])
-    sheet["patient_id"] = sheet.patient_id.astype(str)
     features = features.drop(columns=["has_pet"], errors="ignore")  # the folds' flag decides
     table = sheet.merge(features, on="patient_id", how="left", validate="one_to_one")
     table = table.set_index("patient_id", drop=False)
@@ -82,7 +80,7 @@ def run_radiomics(
     if "ct" not in modalities:
         raise ValueError(f"train.{model_name}.modalities must include ct (the lesion is the CT's)")
     kept, excluded = fold_roles_with(read_folds(folds_path), fold, set(modalities))
-    roles = {role: [str(p) for p in rows.patient_id] for role, rows in kept.items()}
+    roles = {role: list(rows.patient_id) for role, rows in kept.items()}
     if not roles["train"] or not roles["val"]:
         raise ValueError(
             f"fold {fold}: need training and validation patients with {'+'.join(modalities)}"
@@ -117,7 +115,7 @@ def table_model_section(config: dict, model: str) -> dict:
 def _table_model_roles(folds_path: str | Path, fold: int) -> dict[str, list[str]]:
     """The fold's patient IDs per role; a table model needs training and validation patients."""
     roles = {
-        role: [str(p) for p in rows.patient_id]
+        role: list(rows.patient_id)
         for role, rows in fold_patients(read_folds(folds_path), fold).items()
     }
     if not roles["train"] or not roles["val"]:
@@ -187,7 +185,7 @@ def _write_table_model_run(
 def table_model_predictions(model, rows: pd.DataFrame, *, fold: int, settings) -> pd.DataFrame:
     """The engine's prediction table columns for a table model's scores of ``rows``."""
     scores = model.score(rows)
-    table = pd.DataFrame({"patient_id": rows["patient_id"].astype(str).to_list(), "fold": fold})
+    table = pd.DataFrame({"patient_id": rows["patient_id"].to_list(), "fold": fold})
     if settings.task == "survival":
         table["risk"] = scores["risk"]
         table["survival_days"] = pd.to_numeric(rows["survival_days"], errors="coerce").to_numpy()
