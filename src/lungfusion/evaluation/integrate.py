@@ -25,7 +25,7 @@ import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 
-from lungfusion.artifacts import Timer, software_versions, write_json_atomic
+from lungfusion.artifacts import Timer, atomic_path, software_versions, write_json_atomic
 from lungfusion.config import section_settings
 from lungfusion.estimators import LESION_FEATURE_MODELS
 from lungfusion.estimators.integrator import (
@@ -155,6 +155,7 @@ def integrate_fold(
     C: float = 1.0,
     alpha: float = 1.0,
     min_fit: int = 5,
+    fitted: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     """Fit per-pattern integrators on one fold's validation patients and predict its test set.
 
@@ -163,6 +164,8 @@ def integrate_fold(
             patient_id, NaN where a submodel did not score the patient.
         val_target: the validation patients' targets, indexed by patient_id (see
             ``fit_integrator``); patients missing here are not fit on.
+        fitted: when given, receives ``{pattern: {"columns", "model"}}`` (model None for the
+            mean fallback), so the fold's integrators can score new patients later.
 
     Returns:
         ``(test_predictions, val_predictions, records)``: predictions indexed by patient_id with
@@ -188,6 +191,7 @@ def integrate_fold(
         if reason:
             log.warning("pattern %s: %s; using the mean of the submodel scores", pattern, reason)
             record.update(method="mean_fallback", reason=reason)
+            model = None
             test_parts.append(
                 mean_fallback(test_x, kind=kind, classes=classes).assign(pattern=pattern)
             )
@@ -207,6 +211,8 @@ def integrate_fold(
             record["val_predictions"] = how
             val_parts.append(inner.loc[inner.index.intersection(own_val)].assign(pattern=pattern))
         records.append(record)
+        if fitted is not None:
+            fitted[pattern] = {"columns": columns, "model": model}
     empty = pd.DataFrame(columns=["pattern"])
     test_out = pd.concat(test_parts) if test_parts else empty
     val_out = pd.concat(val_parts) if val_parts else empty
@@ -332,15 +338,16 @@ def late_fusion(
 ) -> dict:
     """Run the integrator ``name`` (``late_logistic`` or ``late_cox``) over every outer fold.
 
-    Returns ``{"predictions", "val_predictions", "clinical", "summary"}``: the test and
-    validation prediction tables (with ``fold`` and ``pattern``), the clinical submodel's
-    predictions per fold when fit here, and the summary record.
+    Returns ``{"predictions", "val_predictions", "clinical", "models", "summary"}``: the test
+    and validation prediction tables (with ``fold`` and ``pattern``), the clinical submodel's
+    predictions per fold when fit here, each fold's integrators per pattern (see
+    ``integrate_fold``'s ``fitted``) and the summary record.
     """
     if name not in INTEGRATORS:
         raise ValueError(f"integrator must be one of {sorted(INTEGRATORS)}, got {name!r}")
     kind = INTEGRATORS[name]
     all_targets = targets(sheet, kind=kind, classes=classes)
-    tests, vals, fold_records, clinical = [], [], [], {}
+    tests, vals, fold_records, clinical, models = [], [], [], {}, {}
     warnings: list[str] = []
     for fold in sorted(folds["fold"].unique()):
         part = folds[folds["fold"] == fold]
@@ -369,9 +376,11 @@ def late_fusion(
         test_x = pd.concat(test_scores, axis=1).reindex(roles["test"])
         val_x = pd.concat(val_scores, axis=1).reindex(roles["val"])
         val_target = all_targets.loc[all_targets.index.intersection(val_x.index)]
+        models[int(fold)] = {}
         predicted, val_predicted, records = integrate_fold(
-            val_x, val_target, test_x, kind=kind, classes=classes, C=C, alpha=alpha, min_fit=min_fit
-        )
+            val_x, val_target, test_x, kind=kind, classes=classes, C=C, alpha=alpha,
+            min_fit=min_fit, fitted=models[int(fold)],
+        )  # fmt: skip
         tests.append(predicted.assign(fold=int(fold)))
         vals.append(val_predicted.assign(fold=int(fold)))
         fold_records.append(
@@ -402,6 +411,7 @@ def late_fusion(
         "predictions": predictions,
         "val_predictions": val_predictions,
         "clinical": clinical,
+        "models": models,
         "summary": summary,
     }
 
@@ -436,7 +446,9 @@ def _with_outcomes(
 # ``val_predictions.tsv`` (the validation patients, by inner cross-validation), the clinical
 # submodel's own predictions under ``submodels/clinical_logistic/fold{k}/`` (or
 # ``clinical_cox``) when it was fit here, so ``evaluate`` scores it like any model under a name
-# that cannot clash with a clinical model of the training engine, and last ``summary.json``.
+# that cannot clash with a clinical model of the training engine, each fold's integrators
+# (``fold{k}/model.joblib``, see ``write_fold_integrators``: external validation scores new
+# patients with them), and last ``summary.json``.
 
 # the name the clinical submodel fit here gets in results/metrics
 CLINICAL_NAMES = {"late_logistic": "clinical_logistic", "late_cox": "clinical_cox"}
@@ -480,6 +492,7 @@ def run_integration(
         write_tsv(
             _submodel_layout(val, sheet, fold, config["task"]), folder / "val_predictions.tsv"
         )
+    write_fold_integrators(result["models"], out, kind=INTEGRATORS[name], classes=classes)
     summary = result["summary"]
     summary.update(
         inputs={"train_dir": str(train_dir), "folds": str(folds_path), "sample_sheet": str(sample_sheet)},
@@ -488,6 +501,16 @@ def run_integration(
     write_json_atomic(out / "summary.json", summary)
     log.info("%s: %d patients; patterns %s", name, summary["n_patients"], summary["pattern_counts"])
     return summary
+
+
+def write_fold_integrators(models: dict, out_dir: Path, *, kind: str, classes: list[str]) -> None:
+    """Each fold's integrators as ``{out_dir}/fold{k}/model.joblib``: ``{"kind", "classes",
+    "patterns": {pattern: {"columns", "model"}}}`` (model None: the mean of the scores)."""
+    import joblib
+
+    for fold, patterns_ in models.items():
+        with atomic_path(out_dir / f"fold{fold}" / "model.joblib") as tmp:
+            joblib.dump({"kind": kind, "classes": classes, "patterns": patterns_}, tmp)
 
 
 def _submodel_layout(
