@@ -17,6 +17,11 @@ include: "workflow/rules/robustness.smk"
 include: "workflow/rules/report.smk"
 
 
+if EXTERNAL:
+
+    include: "workflow/rules/external.smk"
+
+
 rule all:
     default_target: True
     input:

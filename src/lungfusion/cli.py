@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sfsa": ("sfsa", "sequential forward search of MMTM fusion positions on one fold"),
     "integrate": ("integrate", "late-fusion logistic / Cox integration of submodel scores"),
     "evaluate": ("evaluate", "metrics with bootstrap confidence intervals"),
+    "external": ("external", "score and evaluate an external collection with the trained models"),
     "robustness": ("robustness", "CT+PET networks scored with the PET misaligned or withheld"),
     "saliency": ("saliency", "occlusion saliency of the CT+PET networks per modality"),
     "report": ("report", "HTML, Markdown, CSV and LaTeX report"),

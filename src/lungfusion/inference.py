@@ -210,6 +210,14 @@ def fold_mean(folds: dict) -> dict:
     return {**result, "n_folds": len(folds), "averaging": AVERAGING, "folds": folds}
 
 
+def score_record(scores: dict[str, np.ndarray], row: int) -> dict:
+    """Row ``row`` of a table model's ``score`` output as a fold prediction: ``{"risk"}`` or
+    ``{"probabilities": {class: p}}``."""
+    if "risk" in scores:
+        return {"risk": float(scores["risk"][row])}
+    return {"probabilities": {c.removeprefix("prob_"): float(v[row]) for c, v in scores.items()}}
+
+
 def predict_radiomics(
     fold_models: list[Path], npz: Path, *, lungs: Path, register_dir: Path, has_pet: bool,
     config: dict,
@@ -238,10 +246,7 @@ def predict_radiomics(
     folds = {}
     for fold, model in models.items():
         scores = model.score(pd.DataFrame([{c: features.get(c, np.nan) for c in model.columns}]))
-        folds[fold] = (
-            {"risk": float(scores["risk"][0])} if "risk" in scores
-            else {"probabilities": {c.removeprefix("prob_"): float(v[0]) for c, v in scores.items()}}
-        )  # fmt: skip
+        folds[fold] = score_record(scores, 0)
     result = fold_mean(folds)
     if status != "ok":
         result["warning"] = f"lesion features {status}: imputed with the training patients' medians"

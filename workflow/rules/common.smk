@@ -74,9 +74,10 @@ wildcard_constraints:
     fold="[0-9]+",
 
 
-def sections(*names):
-    """The config sections a stage reads, as JSON: a change in them reruns the stage."""
-    return json.dumps({name: config[name] for name in names}, sort_keys=True)
+def sections(*names, **replaced):
+    """The config sections a stage reads, as JSON: a change in them reruns the stage.
+    ``replaced``: sections given instead of the config's (the external collection's cohort)."""
+    return json.dumps({name: replaced.get(name, config[name]) for name in names}, sort_keys=True)
 
 
 def per_patient(pattern):
@@ -86,6 +87,17 @@ def per_patient(pattern):
 MODELS = list(config["train"]["models"])
 FOLDS = list(range(config["splits"]["n_folds"]))
 INTEGRATOR = "late_cox" if config["task"] == "survival" else "late_logistic"
+
+
+# External validation (evaluate.external, off while null): the second collection's reading
+# options in the cohort section's shape, so the index and radiomics stages read it unchanged.
+EXTERNAL = config["evaluate"]["external"]
+EXTERNAL_COHORT = EXTERNAL and {
+    **COHORT,
+    "source": "dicom",
+    "series_overrides": None,
+    **{key: EXTERNAL[key] for key in ("dicom_root", "sample_sheet", "sheet_format", "sheet_name", "columns")},
+}
 
 
 ROBUSTNESS = any(

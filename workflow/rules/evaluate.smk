@@ -8,6 +8,9 @@ rule integrate:
         submodels=fold_outputs(config["integrate"]["submodels"]),
     output:
         predictions=f"{RESULTS}/integrate/{{integrator}}/predictions.tsv",
+        fold_models=expand(
+            f"{RESULTS}/integrate/{{{{integrator}}}}/fold{{fold}}/model.joblib", fold=FOLDS
+        ),
         done=f"{RESULTS}/integrate/{{integrator}}/summary.json",
     log:
         f"{RESULTS}/logs/integrate/{{integrator}}.log",

@@ -10,6 +10,7 @@ rule report:
         rois=per_patient("{results}/roi/{pid}.json"),
         robustness=[f"{RESULTS}/robustness/summary.tsv"] if ROBUSTNESS else [],
         saliency=[f"{RESULTS}/saliency/summary.tsv"] if config["saliency"]["enabled"] else [],
+        external=[f"{RESULTS}/external/metrics/summary.json"] if EXTERNAL else [],
     output:
         **report_figures(),
         gallery=report(

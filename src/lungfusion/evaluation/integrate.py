@@ -305,7 +305,7 @@ def submodel_fold_scores(
     return test.reset_index(drop=True), val.reset_index(drop=True), source
 
 
-def _masked_features(
+def masked_features(
     predictions: pd.DataFrame,
     flags: pd.DataFrame,
     *,
@@ -314,6 +314,8 @@ def _masked_features(
     kind: str,
     classes: list[str],
 ) -> pd.DataFrame:
+    """One submodel's scores as integrator features, NaN for the patients whose ``flag``
+    column of ``flags`` (indexed by patient_id) says they lack the modality it needs."""
     features = score_features(predictions, submodel=submodel, task=kind, classes=classes)
     if flag and flag in flags.columns:
         # a network may still emit a score for a patient whose modality is absent: ignore it
@@ -369,8 +371,8 @@ def late_fusion(
                 clinical[int(fold)] = (test, val)
             flag = modality_flag(submodel, Path(train_dir) / submodel / f"fold{fold}")
             mask = {"submodel": submodel, "flag": flag, "kind": kind, "classes": classes}
-            test_scores.append(_masked_features(test, flags, **mask))
-            val_scores.append(_masked_features(val, flags, **mask))
+            test_scores.append(masked_features(test, flags, **mask))
+            val_scores.append(masked_features(val, flags, **mask))
         if not test_scores:
             raise ValueError(f"fold {fold}: no submodel predictions at all")
         test_x = pd.concat(test_scores, axis=1).reindex(roles["test"])
@@ -511,6 +513,28 @@ def write_fold_integrators(models: dict, out_dir: Path, *, kind: str, classes: l
     for fold, patterns_ in models.items():
         with atomic_path(out_dir / f"fold{fold}" / "model.joblib") as tmp:
             joblib.dump({"kind": kind, "classes": classes, "patterns": patterns_}, tmp)
+
+
+def apply_fold_integrators(
+    saved: dict, features: pd.DataFrame, *, kind: str, classes: list[str]
+) -> pd.DataFrame:
+    """One fold's saved integrators (``write_fold_integrators``) applied to new patients'
+    submodel features: each patient by its pattern's integrator, the mean of its scores where
+    the fold had none for that pattern. Nothing is fit. Indexed by patient_id, with ``pattern``."""
+    found = patterns(features)
+    parts = []
+    for pattern in sorted(set(found) - {""}):
+        chosen = saved["patterns"].get(pattern)
+        rows = features.loc[found == pattern]
+        if chosen is None or chosen["model"] is None:
+            columns = chosen["columns"] if chosen else pattern_columns(features.columns, pattern)
+            predicted = mean_fallback(rows[columns], kind=kind, classes=classes)
+        else:
+            predicted = predict_integrator(
+                chosen["model"], rows[chosen["columns"]], kind=kind, classes=classes
+            )
+        parts.append(predicted.assign(pattern=pattern))
+    return pd.concat(parts) if parts else pd.DataFrame(columns=["pattern"])
 
 
 def _submodel_layout(
