@@ -96,6 +96,7 @@ EXTERNAL_COHORT = EXTERNAL and {
     **COHORT,
     "source": "dicom",
     "series_overrides": None,
+    "label_from_id": None,  # the external sheet's label column holds its labels
     **{key: EXTERNAL[key] for key in ("dicom_root", "sample_sheet", "sheet_format", "sheet_name", "columns")},
 }
 

@@ -175,6 +175,7 @@ def build_report(
             "scored them; e.g. ct+clinical when the PET is missing).",
         ),
     }
+    _external(results, inputs.metrics, plain, task=task, decimals=decimals)
     for name, (frame, title, _) in plain.items():
         written.tables[name] = _write_table_files(
             out_dir / "tables" / name, frame,
@@ -239,6 +240,26 @@ def build_report(
         "report: %d models, %d figures -> %s", len(metric_table.models), len(written.figures), index
     )
     return index
+
+
+def _external(
+    results: Path, internal: pd.DataFrame, plain: dict, *, task: str, decimals: int
+) -> None:
+    """The external validation's headline metric beside the internal one, per model (nothing
+    when ``evaluate.external`` is off)."""
+    path = results / "external" / "metrics" / "all.tsv"
+    if not path.is_file():
+        return
+    external = pd.read_csv(path, sep="\t", dtype={"model": str, "metric": str})
+    metric = tables.default_metrics(external, task=task)[0]
+    plain["external"] = (
+        tables.external_frame(internal, external, metric=metric, decimals=decimals),
+        "External validation",
+        "Each model on the external collection (imaging stages as for the internal patients; "
+        "never fit on): the mean of its fold models' predictions, the late-fusion integrator "
+        "fold by fold then averaged, beside the internal out-of-fold result; the threshold "
+        "metrics and the rest are in external/metrics/all.tsv.",
+    )
 
 
 def _robustness(results: Path, out_dir: Path, written, plain: dict) -> pd.DataFrame | None:

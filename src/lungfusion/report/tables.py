@@ -198,6 +198,25 @@ def _joined(value: str, interval: str) -> str:
     return f"{value} {interval}" if interval else value
 
 
+def external_frame(
+    internal: pd.DataFrame, external: pd.DataFrame, *, metric: str, decimals: int = 3
+) -> pd.DataFrame:
+    """One row per externally scored model: ``metric`` with its interval on the internal
+    (out-of-fold) and the external patients, and the external n."""
+    inside = build_table(internal, metrics=[metric])
+    outside = build_table(external, metrics=[metric, "n"])
+    rows = [
+        {
+            "model": model,
+            f"internal {header(metric)}": _joined(*_plain(inside.cell(model, metric), decimals)),
+            f"external {header(metric)}": _joined(*_plain(outside.cell(model, metric), decimals)),
+            "external n": format_number(outside.cell(model, "n").value, 0),
+        }
+        for model in outside.models
+    ]
+    return pd.DataFrame(rows)
+
+
 def to_frame(table: MetricTable, *, decimals: int = 3) -> pd.DataFrame:
     """Formatted cells (``value (low-high)``) as a DataFrame: the CSV table."""
     rows = []
