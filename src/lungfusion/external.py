@@ -61,8 +61,11 @@ def score_networks(
     clinical = sheet.set_index("patient_id", drop=False)
     return {
         patient: predict_model(
-            checkpoints, roi.npz, has_pet=roi.has_pet,
-            tab_context=clinical.loc[patient].to_dict(), device=device,
+            checkpoints,
+            roi.npz,
+            has_pet=roi.has_pet,
+            tab_context=clinical.loc[patient].to_dict(),
+            device=device,
         )  # fmt: skip
         for patient, roi in rois.iterrows()
     }
@@ -116,9 +119,12 @@ def score_integrator(
         fold, saved = path.parent.name, joblib.load(path)
         features = [
             masked_features(
-                fold_table(scored, fold), flags,
-                submodel=name, flag=modality_flag(name, train_dir / name / fold),
-                kind=kind, classes=classes,
+                fold_table(scored, fold),
+                flags,
+                submodel=name,
+                flag=modality_flag(name, train_dir / name / fold),
+                kind=kind,
+                classes=classes,
             )  # fmt: skip
             for name, scored in records.items()
             if any("skipped" not in r for r in scored.values())
@@ -133,7 +139,9 @@ def score_integrator(
         if not folds:
             result[patient] = {"skipped": "no submodel scored this patient"}
             continue
-        result[patient] = fold_mean({f: _integrator_record(row, classes) for f, row in folds.items()})
+        result[patient] = fold_mean(
+            {f: _integrator_record(row, classes) for f, row in folds.items()}
+        )
         result[patient]["pattern"] = next(iter(folds.values()))["pattern"]
     return result
 
@@ -171,7 +179,9 @@ def run_external(
     features = pd.read_csv(features_path, sep="\t", dtype={"patient_id": str})
     features = features.drop(columns=["has_pet"], errors="ignore")  # the ROI's flag decides
     rows = sheet.merge(features, on="patient_id", how="left", validate="one_to_one")
-    rows = rows.set_index("patient_id", drop=False).loc[rois.index].assign(has_pet=rois.has_pet)
+    rows = pd.concat(
+        [rows.set_index("patient_id", drop=False).loc[rois.index], rois.has_pet], axis=1
+    )
     device = resolve_device(device).type
     scored = list(dict.fromkeys([*models, *config["integrate"]["submodels"]]))
     records = {
@@ -207,6 +217,7 @@ def write_predictions(
             path = out_dir / name / "predictions.tsv"
             write_tsv(prediction_table(scored, sheet, task=task), path)
             written.append(path)
-    write_json_atomic(out_dir / "summary.json", {"averaging": "mean over the fold models",
-                                                 "models": summary})
+    write_json_atomic(
+        out_dir / "summary.json", {"averaging": "mean over the fold models", "models": summary}
+    )
     return written

@@ -119,7 +119,9 @@ rule external:
         features=f"{EXT}/radiomics/features.tsv",
         models=fold_outputs(MODELS),
         integrator=f"{RESULTS}/integrate/{INTEGRATOR}/summary.json",
-        integrators=expand(f"{RESULTS}/integrate/{INTEGRATOR}/fold{{fold}}/model.joblib", fold=FOLDS),
+        integrators=expand(
+            f"{RESULTS}/integrate/{INTEGRATOR}/fold{{fold}}/model.joblib", fold=FOLDS
+        ),
     output:
         predictions=f"{EXT}/predictions/summary.json",
         table=f"{EXT}/metrics/all.tsv",
@@ -135,8 +137,16 @@ rule external:
         mem_mb=4000,
         runtime=60,
     params:
-        cfg=sections("task", "cohort", "train", "roi", "radiomics", "integrate", "evaluate",
-                     cohort=EXTERNAL_COHORT),
+        cfg=sections(
+            "task",
+            "cohort",
+            "train",
+            "roi",
+            "radiomics",
+            "integrate",
+            "evaluate",
+            cohort=EXTERNAL_COHORT,
+        ),
         train_dir=f"{RESULTS}/train",
         integrator_dir=lambda wc, input: Path(input.integrator).parent,
         roi_dir=f"{EXT}/roi",
