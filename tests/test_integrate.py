@@ -240,6 +240,7 @@ def test_integrate_and_evaluate_commands(cohort):
         "pattern",
     ]
     assert (out / "submodels" / "clinical_logistic" / "fold0" / "val_predictions.tsv").exists()
+    assert all((out / f"fold{k}" / "model.joblib").is_file() for k in range(N_FOLDS))
 
     config["evaluate"] = {"n_bootstrap": 30, "seed": 1, "threshold": "youden"}
     metrics = tmp / "metrics"
@@ -283,9 +284,10 @@ def test_multiclass_integration_with_a_missing_modality():
 
     assert list(features(val_ids, y_val).columns) == ["ct:SQC", "ct:SCLC", "pet:SQC", "pet:SCLC"]
     target = pd.DataFrame({"y": y_val}, index=val_ids)
+    test_x, fitted = features(test_ids, y_test, drop_pet=["t0", "t1", "t2"]), {}
     test_pred, val_pred, records = integrate.integrate_fold(
-        features(val_ids, y_val), target, features(test_ids, y_test, drop_pet=["t0", "t1", "t2"]),
-        kind="classification", classes=classes,
+        features(val_ids, y_val), target, test_x, kind="classification", classes=classes,
+        fitted=fitted,
     )  # fmt: skip
     assert test_pred.loc[["t0", "t1", "t2"], "pattern"].tolist() == ["ct"] * 3
     assert set(test_pred.drop(["t0", "t1", "t2"]).pattern) == {"ct+pet"}
@@ -294,6 +296,20 @@ def test_multiclass_integration_with_a_missing_modality():
     assert (probs.argmax(axis=1) == y_test).mean() > 0.5
     assert {r["pattern"] for r in records} == {"ct", "ct+pet"}
     assert np.array(records[1]["coefficients"]["pet:SQC"]).shape == (3,)  # one per class
+    # the fold's saved integrators score new patients as they scored the test patients, and a
+    # pattern the fold never saw (PET alone) by the mean of its scores
+    saved = {"patterns": fitted}
+    again = integrate.apply_fold_integrators(saved, test_x, kind="classification", classes=classes)
+    pd.testing.assert_frame_equal(again.loc[test_pred.index], test_pred)
+    pet_only = test_x.loc[["t5"]].assign(**{"ct:SQC": np.nan, "ct:SCLC": np.nan})
+    fallback = integrate.apply_fold_integrators(
+        saved, pet_only, kind="classification", classes=classes
+    )
+    assert fallback.pattern.tolist() == ["pet"]
+    mean = integrate.mean_fallback(
+        pet_only[["pet:SQC", "pet:SCLC"]], kind="classification", classes=classes
+    )
+    pd.testing.assert_frame_equal(fallback.drop(columns="pattern"), mean)
 
 
 def test_evaluation_layer_does_not_import_torch():

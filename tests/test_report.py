@@ -82,6 +82,20 @@ def test_table_ties_share_the_mark_and_nan_is_unranked():
     assert "| d | n/a |" in markdown
 
 
+def test_external_table_puts_each_models_external_result_beside_its_internal_one():
+    internal = _long([("ct", "auroc", 0.8, 0.7, 0.9), ("pet", "auroc", 0.7, 0.6, 0.8)])
+    external = _long([("ct", "auroc", 0.65, 0.5, 0.8), ("ct", "n", 6, np.nan, np.nan)])
+    frame = tables.external_frame(internal, external, metric="auroc")
+    assert frame.to_dict("records") == [
+        {
+            "model": "ct",
+            "internal AUROC": "0.800 (0.700-0.900)",
+            "external AUROC": "0.650 (0.500-0.800)",
+            "external n": "6",
+        }
+    ]
+
+
 def test_header_and_default_columns():
     assert tables.header("auroc_macro") == "AUROC (macro)"
     assert tables.header("auc_365d") == "t-AUC 365 d"
