@@ -31,6 +31,7 @@ from lungfusion.evaluation.integrate import (
     apply_fold_integrators,
     masked_features,
     modality_flag,
+    predictions_layout,
 )
 from lungfusion.evaluation.tables import write_tsv
 from lungfusion.inference import find_checkpoints, fold_mean, predict_model, score_record
@@ -152,19 +153,6 @@ def _integrator_record(row: pd.Series, classes: list[str]) -> dict:
     return {"probabilities": {c: float(row[f"prob_{c}"]) for c in classes}}
 
 
-def prediction_table(records: dict[str, dict], sheet: pd.DataFrame, *, task: str) -> pd.DataFrame:
-    """The mean-of-folds predictions in the evaluation's layout, outcomes from the sheet."""
-    table = fold_table(records, None)
-    outcomes = sheet.set_index("patient_id")
-    table.insert(1, "fold", MEAN_FOLD)
-    table.insert(2, "label", outcomes["label"].reindex(table["patient_id"]).to_numpy())
-    if task == "survival":
-        for column in ("survival_days", "event"):
-            values = pd.to_numeric(outcomes[column], errors="coerce")
-            table[column] = values.reindex(table["patient_id"]).to_numpy()
-    return table
-
-
 def run_external(
     *, train_dir: Path, integrator_dir: Path, roi_dir: Path, features_path: Path,
     sample_sheet: Path, models: list[str], out_dir: Path, config: dict, device: str = "cpu",
@@ -215,7 +203,8 @@ def write_predictions(
         summary[name] = {"n_scored": len(scored) - len(skipped), "skipped": skipped}
         if len(skipped) < len(scored):
             path = out_dir / name / "predictions.tsv"
-            write_tsv(prediction_table(scored, sheet, task=task), path)
+            table = predictions_layout(fold_table(scored, None), sheet, MEAN_FOLD, task)
+            write_tsv(table, path)
             written.append(path)
     write_json_atomic(
         out_dir / "summary.json", {"averaging": "mean over the fold models", "models": summary}

@@ -490,9 +490,9 @@ def run_integration(
     write_tsv(result["val_predictions"], out / "val_predictions.tsv")
     for fold, (test, val) in result["clinical"].items():
         folder = out / "submodels" / CLINICAL_NAMES[name] / f"fold{fold}"
-        write_tsv(_submodel_layout(test, sheet, fold, config["task"]), folder / "predictions.tsv")
+        write_tsv(predictions_layout(test, sheet, fold, config["task"]), folder / "predictions.tsv")
         write_tsv(
-            _submodel_layout(val, sheet, fold, config["task"]), folder / "val_predictions.tsv"
+            predictions_layout(val, sheet, fold, config["task"]), folder / "val_predictions.tsv"
         )
     write_fold_integrators(result["models"], out, kind=INTEGRATORS[name], classes=classes)
     summary = result["summary"]
@@ -537,10 +537,12 @@ def apply_fold_integrators(
     return pd.concat(parts) if parts else pd.DataFrame(columns=["pattern"])
 
 
-def _submodel_layout(
+def predictions_layout(
     scored: pd.DataFrame, sheet: pd.DataFrame, fold: int, task: str
 ) -> pd.DataFrame:
-    """The clinical submodel's scores in the training engine's predictions layout."""
+    """Scores (``patient_id`` first) in the training engine's predictions layout: ``fold``
+    and the sheet's ``label`` inserted, for survival its outcomes appended (the clinical
+    submodel's, and the external validation's mean of the folds)."""
     table = sheet.set_index(sheet["patient_id"])
     out = scored.copy()
     out.insert(1, "fold", fold)
