@@ -99,6 +99,8 @@ EXTERNAL_COHORT = EXTERNAL and {
     "label_from_id": None,  # the external sheet's label column holds its labels
     **{key: EXTERNAL[key] for key in ("dicom_root", "sample_sheet", "sheet_format", "sheet_name", "columns")},
 }
+# the internal evaluation does not read evaluate.external: switching it on must not rerun it
+EVALUATE_INTERNAL = {key: value for key, value in config["evaluate"].items() if key != "external"}
 
 
 ROBUSTNESS = any(

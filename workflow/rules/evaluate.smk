@@ -54,7 +54,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=60,
     params:
-        cfg=sections("task", "cohort", "evaluate"),
+        cfg=sections("task", "cohort", "evaluate", evaluate=EVALUATE_INTERNAL),
         predictions=[f"{m}={RESULTS}/train/{m}" for m in MODELS]
         + [f"{INTEGRATOR}={RESULTS}/integrate/{INTEGRATOR}/predictions.tsv"],
         out_dir=lambda wc, output: Path(output.done).parent,
