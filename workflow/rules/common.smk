@@ -83,7 +83,10 @@ def per_patient(pattern):
     return expand(pattern, pid=PATIENTS, results=RESULTS)
 
 
-MODELS = list(config["train"]["models"])
+# the fusion-depth grid's cells train as models of their own (train.multistage.grid)
+from lungfusion.fusion_grid import grid_names  # noqa: E402
+
+MODELS = list(config["train"]["models"]) + grid_names(config["train"]["multistage"]["grid"])
 FOLDS = list(range(config["splits"]["n_folds"]))
 INTEGRATOR = "late_cox" if config["task"] == "survival" else "late_logistic"
 
