@@ -70,7 +70,7 @@ PATIENTS = patient_ids()
 
 wildcard_constraints:
     pid="[A-Za-z0-9][A-Za-z0-9._-]*",
-    model="[a-z_]+",
+    model="[a-z_]+(_L[0-9]+_N[0-9]+)?",
     fold="[0-9]+",
 
 
