@@ -1,8 +1,8 @@
 """Did a change alter what the pipeline computes? Two runs of the tiny cohort, artifact by artifact.
 
-    python bench/bench_identity.py run /tmp/before        # on the old code
-    python bench/bench_identity.py run /tmp/after         # on the new code
-    python bench/bench_identity.py compare /tmp/before /tmp/after [--atol 1e-4]
+    python bench/identity.py run /tmp/before        # on the old code
+    python bench/identity.py run /tmp/after         # on the new code
+    python bench/identity.py compare /tmp/before /tmp/after [--atol 1e-4]
 
 ``run`` runs the Snakefile on ``tests/tiny_config.yaml`` in the given folder. ``compare`` reads
 both runs' artifacts: every per-patient NIfTI (voxels and geometry, not the gzip bytes), every
