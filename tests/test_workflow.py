@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from lungfusion.models import required_modalities
 
@@ -184,6 +185,22 @@ def test_saliency_explains_every_image_fusion_network(tiny_run):
     assert shares.stack().between(0, 1).all() and shares.notna().any().all()
     page = (tiny_run / "report/index.html").read_text()
     assert "<h2" in page and "Saliency" in page and "alt='saliency " in page
+
+
+def test_the_fusion_depth_grid_trains_each_cell_on_the_same_folds(tiny_run):
+    folds = pd.read_csv(tiny_run / "splits/folds.tsv", sep="\t", dtype={"patient_id": str})
+    metrics = pd.read_csv(tiny_run / "metrics/all.tsv", sep="\t")
+    for stages in (1, 2):
+        name = f"multistage_L{stages}_N1"
+        assert name in set(metrics.model)
+        for fold in sorted(folds.fold.unique()):
+            fold_dir = tiny_run / "train" / name / f"fold{fold}"
+            tested = pd.read_csv(fold_dir / "predictions.tsv", sep="\t", dtype={"patient_id": str})
+            expected = folds[(folds.fold == fold) & (folds.role == "test") & folds.has_pet]
+            assert set(tested.patient_id) == set(expected.patient_id)
+            build = torch.load(fold_dir / "model.pt", weights_only=False)["model"]["build"]
+            assert len(build["widths"]) == stages and build["blocks_per_stage"] == 1
+    assert (tiny_run / "report/figures/fusion_grid.png").stat().st_size > 0
 
 
 def test_metrics_and_report(tiny_run):

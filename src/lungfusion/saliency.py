@@ -180,7 +180,7 @@ def run_saliency(
     last, ``summary.tsv`` under ``out_dir``; returns the summary."""
     from lungfusion.evaluation.tables import write_tsv
     from lungfusion.robustness.score import image_fusion_networks
-    from lungfusion.training.splits import read_folds
+    from lungfusion.folds import read_folds
 
     folds = read_folds(folds_path)
     tables = [

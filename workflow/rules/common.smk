@@ -70,7 +70,7 @@ PATIENTS = patient_ids()
 
 wildcard_constraints:
     pid="[A-Za-z0-9][A-Za-z0-9._-]*",
-    model="[a-z_]+",
+    model="[a-z_]+(_L[0-9]+_N[0-9]+)?",
     fold="[0-9]+",
 
 
@@ -84,7 +84,10 @@ def per_patient(pattern):
     return expand(pattern, pid=PATIENTS, results=RESULTS)
 
 
-MODELS = list(config["train"]["models"])
+# the fusion-depth grid's cells train as models of their own (train.multistage.grid)
+from lungfusion.fusion_grid import grid_names  # noqa: E402
+
+MODELS = list(config["train"]["models"]) + grid_names(config["train"]["multistage"]["grid"])
 FOLDS = list(range(config["splits"]["n_folds"]))
 INTEGRATOR = "late_cox" if config["task"] == "survival" else "late_logistic"
 

@@ -3,7 +3,7 @@
 
 rule robustness:
     input:
-        models=fold_outputs(MODELS),
+        models=fold_outputs(config["train"]["models"]),
         folds=f"{RESULTS}/splits/folds.tsv",
         rois=per_patient("{results}/roi/{pid}.json"),
         segments=per_patient("{results}/segment/{pid}/segment.json"),
@@ -23,7 +23,7 @@ rule robustness:
         gpu=1,
     params:
         cfg=sections("task", "cohort", "train", "roi", "evaluate", "robustness"),
-        models=MODELS,
+        models=config["train"]["models"],
         train_dir=f"{RESULTS}/train",
         out_dir=lambda wc, output: Path(output.summary).parent,
     shell:
@@ -35,7 +35,7 @@ rule robustness:
 
 rule saliency:
     input:
-        models=fold_outputs(MODELS),
+        models=fold_outputs(config["train"]["models"]),
         folds=f"{RESULTS}/splits/folds.tsv",
         rois=per_patient("{results}/roi/{pid}.json"),
     output:
@@ -53,7 +53,7 @@ rule saliency:
         gpu=1,
     params:
         cfg=sections("task", "cohort", "train", "roi", "radiomics", "saliency"),
-        models=MODELS,
+        models=config["train"]["models"],
         train_dir=f"{RESULTS}/train",
         out_dir=lambda wc, output: Path(output.summary).parent,
     shell:

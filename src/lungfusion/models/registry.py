@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from lungfusion.fusion_grid import parse_grid_name
+
 KNOWN_MODALITIES = frozenset({"ct", "pet", "tab"})
 
 # Names that build another registered model: SFSA searches over MMTM positions, so the network it
@@ -71,8 +73,8 @@ def model_names() -> tuple[str, ...]:
 
 
 def model_spec(name: str) -> ModelSpec:
-    """The registered spec for ``name`` (aliases resolved)."""
-    resolved = MODEL_ALIASES.get(name, name)
+    """The registered spec for ``name`` (aliases and fusion-depth grid cells resolved)."""
+    resolved = "multistage" if parse_grid_name(name) else MODEL_ALIASES.get(name, name)
     if resolved not in _REGISTRY:
         known = ", ".join(sorted([*_REGISTRY, *MODEL_ALIASES]))
         raise KeyError(f"unknown model {name!r}; registered models: {known}")

@@ -18,6 +18,7 @@ import pandas as pd
 from lungfusion.artifacts import write_text_atomic
 from lungfusion.config import section_with_defaults
 from lungfusion.evaluation.tables import discover_predictions, read_predictions
+from lungfusion.fusion_grid import parse_grid_name
 from lungfusion.report import cohort as cohort_lib
 from lungfusion.report import figures, tables
 from lungfusion.report.html import Section, figure_block, image_tag, paragraph, render_page
@@ -219,6 +220,14 @@ def build_report(
             "Kaplan-Meier curves of high/low risk groups (split at each fold's validation "
             "median risk) with the log-rank p-value.",
         )
+    grid = _fusion_grid(results, inputs.metrics)
+    if grid is not None:
+        written.figures["fusion_grid"] = (
+            figures.grid_heatmap(*grid, fig_dir / "fusion_grid.png"),
+            "Seed 000's fusion-depth grid: pooled test AUROC of the multi-stage network with L "
+            "stages (a fusion block after each) of N residual blocks, each cell a model of its "
+            "own on the same folds; outlined, the cell with the lowest mean validation loss.",
+        )
     robustness = _robustness(results, out_dir, written, plain)
     if robustness is not None:
         written.figures["robustness"] = (
@@ -260,6 +269,33 @@ def _external(
         "fold by fold then averaged, beside the internal out-of-fold result; the threshold "
         "metrics and the rest are in external/metrics/all.tsv.",
     )
+
+
+def _fusion_grid(results: Path, metrics: pd.DataFrame) -> tuple | None:
+    """AUROC per (L, N) cell of the fusion-depth grid and the cell chosen on validation (the
+    lowest mean of the folds' best validation losses); None without a grid."""
+    cells = {name: parse_grid_name(name) for name in metrics["model"].astype(str).unique()}
+    cells = {name: cell for name, cell in cells.items() if cell is not None}
+    if not cells:
+        return None
+    auroc = _metric_values(metrics, "auroc")
+    table = pd.DataFrame(
+        [
+            {"L": stages, "N": blocks, "auroc": auroc.get(name, float("nan"))}
+            for name, (stages, blocks) in cells.items()
+        ]  # fmt: skip
+    ).pivot(index="L", columns="N", values="auroc")
+    losses = {}
+    for name, cell in cells.items():
+        values = [
+            cohort_lib.read_json_or_none(path).get("best_val_loss")
+            for path in sorted((results / "train" / name).glob("fold*/summary.json"))
+        ]
+        values = [v for v in values if v is not None]
+        if values:
+            losses[cell] = sum(values) / len(values)
+    chosen = min(losses, key=losses.get) if losses else None
+    return table, chosen
 
 
 def _robustness(results: Path, out_dir: Path, written, plain: dict) -> pd.DataFrame | None:

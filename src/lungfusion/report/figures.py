@@ -294,3 +294,29 @@ def robustness_figure(summary: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylim(0.0, 1.0)
         ax.legend(fontsize="small")
     return save_figure(figure, path)
+
+
+def grid_heatmap(aurocs: pd.DataFrame, chosen: tuple[int, int] | None, path: str | Path) -> Path:
+    """AUROC over the fusion-depth grid (rows: stages L, columns: blocks N), each cell
+    written in it, the cell chosen on validation outlined."""
+    figure, ax = plt.subplots(figsize=(1.2 * len(aurocs.columns) + 2.5, 1.0 * len(aurocs) + 1.8),
+                              layout="constrained")  # fmt: skip
+    shown = ax.imshow(aurocs.to_numpy(float), cmap="viridis", vmin=0.5, vmax=1.0, origin="lower")
+    ax.set_xticks(range(len(aurocs.columns)), [str(n) for n in aurocs.columns])
+    ax.set_yticks(range(len(aurocs.index)), [str(n) for n in aurocs.index])
+    ax.set_xlabel("residual blocks per stage (N)")
+    ax.set_ylabel("stages, each with a fusion block (L)")
+    for i, stages in enumerate(aurocs.index):
+        for j, blocks in enumerate(aurocs.columns):
+            value = aurocs.loc[stages, blocks]
+            ax.text(j, i, "-" if pd.isna(value) else f"{value:.2f}", ha="center", va="center",
+                    color="white" if pd.isna(value) or value < 0.75 else "black", fontsize=9)  # fmt: skip
+            if chosen == (stages, blocks):
+                ax.add_patch(
+                    plt.Rectangle(
+                        (j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5
+                    )
+                )
+    figure.colorbar(shown, ax=ax, label="AUROC (pooled test)")
+    ax.set_title("Fusion-depth grid (outlined: chosen on validation loss)", fontsize=10)
+    return save_figure(figure, path)

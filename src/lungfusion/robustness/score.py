@@ -185,7 +185,7 @@ def run_robustness(
     """Score every image CT+PET network of ``models`` at every level; write ``scores.tsv``
     (per patient) and, last, ``summary.tsv`` (AUROC with intervals) under ``out_dir``."""
     from lungfusion.evaluation.tables import write_tsv
-    from lungfusion.training.splits import read_folds
+    from lungfusion.folds import read_folds
 
     folds = read_folds(folds_path)
     scores, summaries = [], []

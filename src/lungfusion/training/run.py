@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from lungfusion.fusion_grid import grid_widths, parse_grid_name
 from lungfusion.training.device import seed_everything
 from lungfusion.training.engine import TrainSettings, config_hash, train_model
 from lungfusion.training.fold import excluded_summary, load_fold, run_hash_payload
@@ -89,6 +90,10 @@ def train_network(
         "n_tabular": data.n_tabular,
         **options,
     }
+    cell = parse_grid_name(model_name)
+    if cell is not None:  # a fusion-depth grid cell: its own depth
+        build["widths"] = grid_widths(build["widths"], cell[0])
+        build["blocks_per_stage"] = cell[1]
     seed_everything(settings.seed)  # the initial weights too: a rerun repeats the run
     model = build_model(model_name, **build)
     if section.get("pretrained"):

@@ -1,14 +1,15 @@
 """Did a change alter what the pipeline computes? Two runs of the tiny cohort, artifact by artifact.
 
-    python bench/bench_identity.py run /tmp/before        # on the old code
-    python bench/bench_identity.py run /tmp/after         # on the new code
-    python bench/bench_identity.py compare /tmp/before /tmp/after [--atol 1e-4]
+    python bench/identity.py run /tmp/before        # on the old code
+    python bench/identity.py run /tmp/after         # on the new code
+    python bench/identity.py compare /tmp/before /tmp/after [--atol 1e-4]
 
 ``run`` runs the Snakefile on ``tests/tiny_config.yaml`` in the given folder. ``compare`` reads
 both runs' artifacts: every per-patient NIfTI (voxels and geometry, not the gzip bytes), every
 ROI tensor file (each array), the series, folds, cohort and radiomics tables, each model's fold
-predictions, the integrator's predictions and the metrics table; values are compared with an
-absolute tolerance (text must be equal). It writes ``bench/results/identity.md`` (each
+predictions, the integrator's predictions and the metrics table (the first run's models only); values are
+compared with an absolute tolerance (text must be equal); artifacts only the second run has are
+listed. It writes ``bench/results/identity.md`` (each
 artifact: identical, or its largest difference) and exits 1 when one differs beyond ``--atol``
 or is missing. Sidecars are left out: they hold timings and paths.
 
@@ -104,16 +105,20 @@ def difference(before: Path, after: Path, name: str) -> float:
     if name.endswith((".nii.gz", ".npz")):
         return _array_difference(_arrays(before / name), _arrays(after / name))
     read = {"sep": "\t", "dtype": str, "keep_default_na": False}
-    return _table_difference(pd.read_csv(before / name, **read), pd.read_csv(after / name, **read))
+    old, new = pd.read_csv(before / name, **read), pd.read_csv(after / name, **read)
+    if "model" in old.columns and "model" in new.columns:  # models added since: not compared
+        new = new[new["model"].isin(set(old["model"]))].reset_index(drop=True)
+    return _table_difference(old, new)
 
 
-def compare(before: Path, after: Path, atol: float) -> list[tuple[str, float]]:
+def compare(before: Path, after: Path) -> list[tuple[str, float]]:
     """(artifact, largest difference) of every artifact of ``before``."""
-    names = artifacts(before)
-    extra = sorted(set(artifacts(after)) - set(names))
-    return [(name, difference(before, after, name)) for name in names] + [
-        (n, float("inf")) for n in extra
-    ]
+    return [(name, difference(before, after, name)) for name in artifacts(before)]
+
+
+def added(before: Path, after: Path) -> list[str]:
+    """Artifacts only the second run has (a model the change adds, say): listed, not compared."""
+    return sorted(set(artifacts(after)) - set(artifacts(before)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         run_tiny(args.workdir)
         return 0
-    rows = compare(args.before / "results", args.after / "results", args.atol)
+    rows = compare(args.before / "results", args.after / "results")
+    new = added(args.before / "results", args.after / "results")
     beyond = [(n, d) for n, d in rows if d > args.atol]
     identical = sum(d == 0 for _, d in rows)
     lines = [
@@ -140,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "| artifact | largest absolute difference |",
         "|---|---:|",
         *(f"| {n} | {d:.3g} |" for n, d in rows if d > 0),
+        "",
+        "Only in the second run (not compared): " + (", ".join(new) or "none") + ".",
     ]
     RESULTS_MD.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_MD.write_text("\n".join(lines) + "\n")
