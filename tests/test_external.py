@@ -31,9 +31,11 @@ EXTERNAL_SYNTHETIC = {
 
 
 def external_config(workdir: Path) -> Path:
-    """The tiny config with fewer models, no robustness or saliency, and the external cohort."""
+    """The tiny config with fewer models, no fusion-depth grid, robustness or saliency, and the
+    external cohort."""
     config = yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text())
     config["train"]["models"] = MODELS
+    config["train"].pop("multistage", None)  # no fusion-depth grid
     config["robustness"] = {}
     config["saliency"] = {"enabled": False}
     config["evaluate"] = {

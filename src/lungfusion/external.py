@@ -67,7 +67,7 @@ def score_networks(
             has_pet=roi.has_pet,
             tab_context=clinical.loc[patient].to_dict(),
             device=device,
-        )  # fmt: skip
+        )
         for patient, roi in rois.iterrows()
     }
 
@@ -126,7 +126,7 @@ def score_integrator(
                 flag=modality_flag(name, train_dir / name / fold),
                 kind=kind,
                 classes=classes,
-            )  # fmt: skip
+            )
             for name, scored in records.items()
             if any("skipped" not in r for r in scored.values())
         ]
