@@ -86,13 +86,16 @@ def per_patient(pattern):
 # the fusion-depth grid's cells train as models of their own (train.multistage.grid)
 from lungfusion.fusion_grid import grid_names  # noqa: E402
 
-MODELS = list(config["train"]["models"]) + grid_names(config["train"]["multistage"]["grid"])
+MODELS = list(config["train"]["models"]) + grid_names(
+    config["train"]["multistage"]["grid"]
+)
 FOLDS = list(range(config["splits"]["n_folds"]))
 INTEGRATOR = "late_cox" if config["task"] == "survival" else "late_logistic"
 
 
 ROBUSTNESS = any(
-    config["robustness"][key] for key in ("misalignment_mm", "rotation_deg", "drop_pet_fraction")
+    config["robustness"][key]
+    for key in ("misalignment_mm", "rotation_deg", "drop_pet_fraction")
 )
 
 
