@@ -93,10 +93,13 @@ FOLDS = list(range(config["splits"]["n_folds"]))
 INTEGRATOR = "late_cox" if config["task"] == "survival" else "late_logistic"
 
 
-ROBUSTNESS = any(
+# The robustness sweep and saliency score class probabilities: classification only.
+CLASSIFICATION = config["task"] == "classification"
+ROBUSTNESS = CLASSIFICATION and any(
     config["robustness"][key]
     for key in ("misalignment_mm", "rotation_deg", "drop_pet_fraction")
 )
+SALIENCY = CLASSIFICATION and config["saliency"]["enabled"]
 
 
 def fold_outputs(models):
