@@ -114,11 +114,8 @@ def _sfsa_command(tmp_path, **train_settings):
 
     roi_dir, sheet = write_cohort(tmp_path, n=12, without_pet=(2,))
     folds = tmp_path / "splits" / "folds.tsv"
-    params = {
-        "splits": {"n_folds": 2, "validation_fraction": 0.3, "seed": 0},
-        "train": {"epochs": 1, "batch_size": 4, "widths": [2, 4], "device": "cpu"}
-        | train_settings,
-    }
+    train = {"epochs": 1, "batch_size": 4, "widths": [2, 4], "device": "cpu", **train_settings}
+    params = {"splits": {"n_folds": 2, "validation_fraction": 0.3, "seed": 0}, "train": train}
     common = ["--params", json.dumps(params)]
     io = ["--sample-sheet", str(sheet), "--roi-dir", str(roi_dir)]
     assert main([*common, "splits", *io, "--out", str(folds)]) == 0
