@@ -374,3 +374,29 @@ def test_a_one_class_model_is_flagged_in_every_table_format():
     assert list(frame.model) == ["ct", f"pet {tables.ONE_CLASS_MARK}"]
     for text in (tables.to_markdown(table), tables.to_html(table), tables.to_latex(table)):
         assert f"pet {tables.ONE_CLASS_MARK}" in text and f"ct {tables.ONE_CLASS_MARK}" not in text
+
+
+def test_report_compares_sfsa_with_exhaustive_search_when_it_ran(tmp_path: Path):
+    """The section appears with one row per fold whose best.json has an exhaustive record."""
+    results = make_fake_results(tmp_path)
+    exhaustive = {"greedy_label": "1+2", "rank": 3, "n_subsets": 16, "val_loss_gap": 0.0123456,
+                  "best_label": "0+2", "greedy_val_loss": 0.7, "best_val_loss": 0.6876544}  # fmt: skip
+    _write_json(results / "sfsa" / "fold0" / "best.json", {"fold": 0, "label": "1+2"})
+    _write_json(
+        results / "sfsa" / "fold1" / "best.json",
+        {"fold": 1, "label": "1+2", "exhaustive": exhaustive},
+    )
+    build_report(results, tmp_path / "out", task="classification", classes=CLASSES)
+    table = pd.read_csv(tmp_path / "out" / "tables" / "sfsa_exhaustive.csv", dtype=str)
+    assert table.to_dict("records") == [
+        {"fold": "1", "greedy choice": "1+2", "rank": "3 of 16", "gap to the best": "0.0123",
+         "best subset": "0+2"}
+    ]  # fmt: skip
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "SFSA against exhaustive search" in page and "3 of 16" in page
+    assert "## SFSA against exhaustive search" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_report_has_no_exhaustive_section_without_records(classification_report: Path):
+    assert "SFSA against exhaustive" not in (classification_report / "index.html").read_text()
+    assert not (classification_report / "tables" / "sfsa_exhaustive.csv").exists()

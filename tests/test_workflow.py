@@ -203,6 +203,24 @@ def test_the_fusion_depth_grid_trains_each_cell_on_the_same_folds(tiny_run):
     assert (tiny_run / "report/figures/fusion_grid.png").stat().st_size > 0
 
 
+def test_sfsa_is_ranked_against_every_position_subset(tiny_run):
+    """train.sfsa_exhaustive: every subset of the MMTM positions (the baseline included) per fold,
+    the greedy choice's rank in best.json and the report's section."""
+    from lungfusion.models import MMTM_POSITIONS
+
+    n_subsets = 2 ** len(MMTM_POSITIONS)
+    paths = sorted(tiny_run.glob("sfsa/fold*/exhaustive.tsv"))
+    assert len(paths) == 2
+    for path in paths:
+        table = pd.read_csv(path, sep="\t", dtype={"positions": str})
+        assert len(table) == n_subsets and table.positions.is_unique
+        assert (table.positions != "none").sum() == n_subsets - 1
+        record = json.loads((path.parent / "best.json").read_text())["exhaustive"]
+        assert record["n_subsets"] == n_subsets and 1 <= record["rank"] <= n_subsets
+    page = (tiny_run / "report/index.html").read_text()
+    assert "SFSA against exhaustive search" in page
+
+
 def test_metrics_and_report(tiny_run):
     table = pd.read_csv(tiny_run / "metrics/all.tsv", sep="\t")
     assert {"ct", "multistage", "mmtm", "late_logistic"} <= set(table.model)

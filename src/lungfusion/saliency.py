@@ -179,8 +179,8 @@ def run_saliency(
     """Explain every image CT+PET network of ``models``; write ``patients.tsv``, the PNGs and,
     last, ``summary.tsv`` under ``out_dir``; returns the summary."""
     from lungfusion.evaluation.tables import write_tsv
-    from lungfusion.robustness.score import image_fusion_networks
     from lungfusion.folds import read_folds
+    from lungfusion.robustness.score import image_fusion_networks
 
     folds = read_folds(folds_path)
     tables = [

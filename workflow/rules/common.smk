@@ -76,8 +76,11 @@ wildcard_constraints:
 
 def sections(*names, **replaced):
     """The config sections a stage reads, as JSON: a change in them reruns the stage.
-    ``replaced``: sections given instead of the config's (the external collection's cohort)."""
-    return json.dumps({name: replaced.get(name, config[name]) for name in names}, sort_keys=True)
+    ``replaced``: sections given instead of the config's (the external collection's cohort).
+    """
+    return json.dumps(
+        {name: replaced.get(name, config[name]) for name in names}, sort_keys=True
+    )
 
 
 def per_patient(pattern):
@@ -87,7 +90,9 @@ def per_patient(pattern):
 # the fusion-depth grid's cells train as models of their own (train.multistage.grid)
 from lungfusion.fusion_grid import grid_names  # noqa: E402
 
-MODELS = list(config["train"]["models"]) + grid_names(config["train"]["multistage"]["grid"])
+MODELS = list(config["train"]["models"]) + grid_names(
+    config["train"]["multistage"]["grid"]
+)
 FOLDS = list(range(config["splits"]["n_folds"]))
 INTEGRATOR = "late_cox" if config["task"] == "survival" else "late_logistic"
 
@@ -100,15 +105,47 @@ EXTERNAL_COHORT = EXTERNAL and {
     "source": "dicom",
     "series_overrides": None,
     "label_from_id": None,  # the external sheet's label column holds its labels
-    **{key: EXTERNAL[key] for key in ("dicom_root", "sample_sheet", "sheet_format", "sheet_name", "columns")},
+    **{
+        key: EXTERNAL[key]
+        for key in (
+            "dicom_root",
+            "sample_sheet",
+            "sheet_format",
+            "sheet_name",
+            "columns",
+        )
+    },
 }
+EXT = f"{RESULTS}/external"
+
+
+def external_patients():
+    """The external sheet's patient IDs, the sheet checked as the cohort's is."""
+    samples = read_sheet(EXTERNAL["sample_sheet"], EXTERNAL_COHORT)
+    validate(samples, schema="../schemas/samples.schema.yaml")
+    return list(samples["patient_id"])
+
+
+EXT_PATIENTS = external_patients() if EXTERNAL else []
+
+
+def external_per_patient(pattern):
+    return expand(pattern, pid=EXT_PATIENTS, ext=EXT)
+
+
 # the internal evaluation does not read evaluate.external: switching it on must not rerun it
-EVALUATE_INTERNAL = {key: value for key, value in config["evaluate"].items() if key != "external"}
+EVALUATE_INTERNAL = {
+    key: value for key, value in config["evaluate"].items() if key != "external"
+}
 
 
-ROBUSTNESS = any(
-    config["robustness"][key] for key in ("misalignment_mm", "rotation_deg", "drop_pet_fraction")
+# The robustness sweep and saliency score class probabilities: classification only.
+CLASSIFICATION = config["task"] == "classification"
+ROBUSTNESS = CLASSIFICATION and any(
+    config["robustness"][key]
+    for key in ("misalignment_mm", "rotation_deg", "drop_pet_fraction")
 )
+SALIENCY = CLASSIFICATION and config["saliency"]["enabled"]
 
 
 def fold_outputs(models):

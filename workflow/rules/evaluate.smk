@@ -9,7 +9,8 @@ rule integrate:
     output:
         predictions=f"{RESULTS}/integrate/{{integrator}}/predictions.tsv",
         fold_models=expand(
-            f"{RESULTS}/integrate/{{{{integrator}}}}/fold{{fold}}/model.joblib", fold=FOLDS
+            f"{RESULTS}/integrate/{{{{integrator}}}}/fold{{fold}}/model.joblib",
+            fold=FOLDS,
         ),
         done=f"{RESULTS}/integrate/{{integrator}}/summary.json",
     log:

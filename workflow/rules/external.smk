@@ -3,26 +3,10 @@
 # shared with the internal cohort cannot clash), then every trained model and the late-fusion
 # integrator score it. Its patients never reach a fit.
 
-EXT = f"{RESULTS}/external"
-EXT_SHEET = EXTERNAL["sample_sheet"]
-
-
-def external_patients():
-    samples = read_sheet(EXT_SHEET, EXTERNAL_COHORT)
-    validate(samples, schema="../schemas/samples.schema.yaml")
-    return list(samples["patient_id"])
-
-
-EXT_PATIENTS = external_patients()
-
-
-def external_per_patient(pattern):
-    return expand(pattern, pid=EXT_PATIENTS, ext=EXT)
-
 
 use rule index as external_index with:
     input:
-        sheet=EXT_SHEET,
+        sheet=EXTERNAL["sample_sheet"],
     output:
         series=f"{EXT}/ingest/series.tsv",
     log:
@@ -96,7 +80,7 @@ use rule roi as external_roi with:
 
 use rule radiomics as external_radiomics with:
     input:
-        sheet=EXT_SHEET,
+        sheet=EXTERNAL["sample_sheet"],
         rois=external_per_patient("{ext}/roi/{pid}.json"),
         segments=external_per_patient("{ext}/segment/{pid}/segment.json"),
     output:
@@ -114,7 +98,7 @@ use rule radiomics as external_radiomics with:
 
 rule external:
     input:
-        sheet=EXT_SHEET,
+        sheet=EXTERNAL["sample_sheet"],
         rois=external_per_patient("{ext}/roi/{pid}.json"),
         features=f"{EXT}/radiomics/features.tsv",
         models=fold_outputs(MODELS),
@@ -147,10 +131,11 @@ rule external:
             "evaluate",
             cohort=EXTERNAL_COHORT,
         ),
-        train_dir=f"{RESULTS}/train",
+        # results/train/{model}/fold{k}/summary.json -> results/train, and so on
+        train_dir=lambda wc, input: Path(input.models[0]).parents[2],
         integrator_dir=lambda wc, input: Path(input.integrator).parent,
-        roi_dir=f"{EXT}/roi",
-        out_dir=EXT,
+        roi_dir=lambda wc, input: Path(input.rois[0]).parent,
+        out_dir=lambda wc, output: Path(output.predictions).parents[1],
         models=MODELS,
     shell:
         "python -m lungfusion --params {params.cfg:q} external --train-dir {params.train_dir:q}"

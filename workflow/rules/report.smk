@@ -9,7 +9,7 @@ rule report:
         folds=f"{RESULTS}/splits/folds.tsv",
         rois=per_patient("{results}/roi/{pid}.json"),
         robustness=[f"{RESULTS}/robustness/summary.tsv"] if ROBUSTNESS else [],
-        saliency=[f"{RESULTS}/saliency/summary.tsv"] if config["saliency"]["enabled"] else [],
+        saliency=[f"{RESULTS}/saliency/summary.tsv"] if SALIENCY else [],
         external=[f"{RESULTS}/external/metrics/summary.json"] if EXTERNAL else [],
     output:
         **report_figures(),

@@ -6,6 +6,7 @@ rule robustness:
         models=fold_outputs(config["train"]["models"]),
         folds=f"{RESULTS}/splits/folds.tsv",
         rois=per_patient("{results}/roi/{pid}.json"),
+        registers=per_patient("{results}/register/{pid}/register.json"),
         segments=per_patient("{results}/segment/{pid}/segment.json"),
     output:
         scores=f"{RESULTS}/robustness/scores.tsv",
@@ -24,12 +25,16 @@ rule robustness:
     params:
         cfg=sections("task", "cohort", "train", "roi", "evaluate", "robustness"),
         models=config["train"]["models"],
-        train_dir=f"{RESULTS}/train",
+        # results/train/{model}/fold{k}/summary.json -> results/train, and so on
+        train_dir=lambda wc, input: Path(input.models[0]).parents[2],
+        roi_dir=lambda wc, input: Path(input.rois[0]).parent,
+        register_dir=lambda wc, input: Path(input.registers[0]).parents[1],
+        segment_dir=lambda wc, input: Path(input.segments[0]).parents[1],
         out_dir=lambda wc, output: Path(output.summary).parent,
     shell:
         "python -m lungfusion --params {params.cfg:q} robustness --models {params.models}"
-        " --train-dir {params.train_dir:q} --folds {input.folds:q} --roi-dir {RESULTS}/roi"
-        " --register-dir {RESULTS}/register --segment-dir {RESULTS}/segment"
+        " --train-dir {params.train_dir:q} --folds {input.folds:q} --roi-dir {params.roi_dir:q}"
+        " --register-dir {params.register_dir:q} --segment-dir {params.segment_dir:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
@@ -54,9 +59,10 @@ rule saliency:
     params:
         cfg=sections("task", "cohort", "train", "roi", "radiomics", "saliency"),
         models=config["train"]["models"],
-        train_dir=f"{RESULTS}/train",
+        train_dir=lambda wc, input: Path(input.models[0]).parents[2],
+        roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         out_dir=lambda wc, output: Path(output.summary).parent,
     shell:
         "python -m lungfusion --params {params.cfg:q} saliency --models {params.models}"
-        " --train-dir {params.train_dir:q} --folds {input.folds:q} --roi-dir {RESULTS}/roi"
+        " --train-dir {params.train_dir:q} --folds {input.folds:q} --roi-dir {params.roi_dir:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: dict) -> int:
+    if config["task"] != "classification":
+        raise SystemExit(
+            f"lungfusion saliency: classification only, the config's task is {config['task']}"
+        )
     run_saliency(
         args.models,
         train_dir=args.train_dir,

@@ -3,7 +3,9 @@
 Writes ``search.tsv`` and ``best.json`` in ``--out-dir`` (each candidate trains in
 ``--out-dir/candidates/<positions>/`` and resumes there after a kill), and the chosen network's
 artifacts in ``--train-out-dir`` (default ``results/train/sfsa/fold{k}``) exactly as
-``lungfusion train`` writes them, so evaluation treats ``sfsa`` as one more model.
+``lungfusion train`` writes them, so evaluation treats ``sfsa`` as one more model. With
+``train.sfsa_exhaustive`` it also writes ``exhaustive.tsv`` (every position subset, trained from
+scratch in ``candidates/scratch-<positions>/``) and ``best.json``'s ``exhaustive`` record.
 """
 
 from __future__ import annotations

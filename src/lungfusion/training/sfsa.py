@@ -3,6 +3,9 @@
 Train the no-fusion baseline; then each single position warm-started from the baseline; keep the
 best if its validation loss beats the current one; then try adding each remaining position,
 warm-started from the current best, until no addition lowers the validation loss.
+With ``train.sfsa_exhaustive``, :func:`exhaustive_search` also trains every subset of positions
+from scratch and ranks the greedy choice among them (a diagnostic; the chosen network stays the
+greedy one).
 
 The search is independent of how a candidate is trained: ``train_candidate(positions, source)``
 gets the positions to activate and the candidate to warm-start from (``None`` for the baseline)
@@ -12,6 +15,7 @@ trains each candidate with the engine on one fold (``lungfusion sfsa``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import time
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 SEARCH_COLUMNS = [
     "step", "positions", "warm_start_from", "val_loss", "epochs", "best_of_step", "chosen",
 ]  # fmt: skip
+EXHAUSTIVE_COLUMNS = ["positions", "val_loss", "epochs", "rank"]
 
 
 @dataclass
@@ -93,6 +98,15 @@ def position_label(positions: Sequence[int]) -> str:
     return "+".join(str(p) for p in sorted(positions)) or "none"
 
 
+def candidate_folder(positions: Sequence[int], warm_start_from: Sequence[int] | None) -> str:
+    """A candidate's folder under ``candidates/``, one per run: the label for the greedy search's
+    runs (the baseline and the warm-started candidates), ``scratch-<label>`` for a non-empty
+    subset trained from scratch (only the exhaustive search trains those): a different run from
+    the greedy candidate with the same positions."""
+    label = position_label(positions)
+    return f"scratch-{label}" if positions and warm_start_from is None else label
+
+
 def sequential_forward_search(
     train_candidate: Callable[[tuple[int, ...], Candidate | None], CandidateResult],
     *,
@@ -127,6 +141,62 @@ def sequential_forward_search(
     return result
 
 
+def nonempty_subsets(positions: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every non-empty subset of ``positions`` (sorted tuples), the smaller ones first."""
+    return [
+        tuple(sorted(subset))
+        for size in range(1, len(positions) + 1)
+        for subset in itertools.combinations(positions, size)
+    ]
+
+
+def exhaustive_search(
+    train_candidate: Callable[[tuple[int, ...], Candidate | None], CandidateResult],
+    *,
+    positions: Sequence[int],
+    baseline: Candidate,
+) -> pd.DataFrame:
+    """Train every non-empty subset of ``positions`` from scratch and rank all subsets, the
+    no-MMTM baseline included, by validation loss (``exhaustive.tsv``; rank 1 is the lowest,
+    ties share the better rank).
+
+    From scratch (``train_candidate(subset, None)``) rather than warm-started: a greedy
+    candidate's warm start depends on the path the search took, which a subset it never reached
+    does not have; from scratch every subset trains alike. The baseline is the greedy search's
+    own (trained from scratch too) and is not trained again; the greedy search's warm-started
+    candidates are other runs and are not reused.
+    """
+    results = {(): baseline.result}
+    for subset in nonempty_subsets(positions):
+        results[subset] = train_candidate(subset, None)
+    table = pd.DataFrame(
+        [
+            {"positions": position_label(p), "val_loss": r.val_loss, "epochs": r.epochs}
+            for p, r in results.items()
+        ]
+    )
+    table["rank"] = table.val_loss.rank(method="min").astype(int)
+    return table.sort_values("rank", kind="stable").reset_index(drop=True)[EXHAUSTIVE_COLUMNS]
+
+
+def exhaustive_record(table: pd.DataFrame, greedy_positions: Sequence[int]) -> dict:
+    """The greedy choice against every subset of :func:`exhaustive_search`'s ``table``: its rank
+    of ``n_subsets`` and its validation-loss gap to the best subset, both from the subsets' runs
+    from scratch (the greedy run's own loss is ``best.json``'s ``val_loss``)."""
+    label = position_label(greedy_positions)
+    greedy = table[table.positions == label].iloc[0]
+    best = table.iloc[0]
+    return {
+        "greedy_label": label,
+        "rank": int(greedy["rank"]),
+        "n_subsets": len(table),
+        "val_loss_gap": float(greedy.val_loss - best.val_loss),
+        "best_label": str(best.positions),
+        "greedy_val_loss": float(greedy.val_loss),
+        "best_val_loss": float(best.val_loss),
+    }
+
+
 # ---------------------------------------------------------------- the search on one fold
 
 
@@ -136,13 +206,15 @@ def run_sfsa(
 ) -> None:  # fmt: skip
     """Search the MMTM positions on fold ``fold`` (``search.tsv``, ``best.json`` and each
     candidate's run in ``out_dir``), then score the chosen network in ``train_out_dir``
-    (default ``results/train/sfsa/fold{k}``) as ``lungfusion train`` writes a network's run."""
+    (default ``results/train/sfsa/fold{k}``) as ``lungfusion train`` writes a network's run.
+    With ``train.sfsa_exhaustive`` also rank every subset (``exhaustive.tsv`` and
+    ``best.json``'s ``exhaustive`` record)."""
     from lungfusion.models import MMTM_POSITIONS, build_model, required_modalities, warm_start
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     train_dir = Path(train_out_dir or out_dir.parent.parent / "train" / "sfsa" / out_dir.name)
-    for stale in (out_dir / "best.json", train_dir / "summary.json"):
+    for stale in (out_dir / "best.json", out_dir / "exhaustive.tsv", train_dir / "summary.json"):
         stale.unlink(missing_ok=True)
     # candidates are compared on validation loss, as in seed 002
     sfsa_epochs = config["train"].get("sfsa_epochs")
@@ -164,33 +236,35 @@ def run_sfsa(
         seed_everything(settings.seed)  # the initial weights too: a rerun repeats the search
         return build_model("mmtm", **base_build, mmtm_positions=positions)
 
-    hashes: dict[tuple[int, ...], str] = {}
+    hashes: dict[str, str] = {}  # run hash per candidate folder
 
     def train_candidate(positions: tuple[int, ...], source: Candidate | None) -> CandidateResult:
         model = build(positions)
-        if source is not None:
-            warm_start(model, source.result.state)
+        folder = candidate_folder(positions, None if source is None else source.positions)
         payload = run_hash_payload(
             "sfsa", {**base_build, "mmtm_positions": positions}, settings, data
         )
-        payload["warm_start_from"] = None if source is None else hashes[source.positions]
-        hashes[positions] = config_hash(payload)
+        payload["warm_start_from"] = None
+        if source is not None:
+            warm_start(model, source.result.state)
+            payload["warm_start_from"] = hashes[folder_of(source)]
+        hashes[folder] = config_hash(payload)
         meta = {"name": "sfsa", "build": {**base_build, "mmtm_positions": list(positions)}}
         trainer = Trainer(
             model,
             settings=settings,
-            out_dir=out_dir / "candidates" / position_label(positions),
-            run_hash=hashes[positions],
+            out_dir=out_dir / "candidates" / folder,
+            run_hash=hashes[folder],
             model_meta=meta,
         )
         fit = trainer.fit(data.train, data.val)
-        log.info("sfsa %s: val loss %.4f", position_label(positions), fit.best_val_loss)
+        log.info("sfsa %s: val loss %.4f", folder, fit.best_val_loss)
         return CandidateResult(fit.best_val_loss, fit.epochs_run, fit.best_state)
 
     search = sequential_forward_search(train_candidate, positions=MMTM_POSITIONS)
     write_table(search.table(), out_dir / "search.tsv", float_format=None)  # exact losses
     best = search.best
-    chosen_dir = out_dir / "candidates" / position_label(best.positions)
+    chosen_dir = out_dir / "candidates" / folder_of(best)
     summary = score_chosen(
         build(best.positions),
         best=best,
@@ -199,7 +273,7 @@ def run_sfsa(
         settings=settings,
         data=data,
         fold=fold,
-        run_hash=hashes[best.positions],
+        run_hash=hashes[folder_of(best)],
     )
     summary["timings_s"]["total"] = round(time.perf_counter() - started, 3)
     best_record = {
@@ -213,9 +287,20 @@ def run_sfsa(
         "baseline_val_loss": search.candidates[0].result.val_loss,
         "checkpoint": str(train_dir / "model.pt"),
     }
+    if config["train"].get("sfsa_exhaustive"):
+        table = exhaustive_search(
+            train_candidate, positions=MMTM_POSITIONS, baseline=search.candidates[0]
+        )
+        write_table(table, out_dir / "exhaustive.tsv", float_format=None)  # exact losses
+        best_record["exhaustive"] = exhaustive_record(table, best.positions)
     write_json_atomic(out_dir / "best.json", best_record)
     summary["sfsa"] = best_record
     write_json_atomic(train_dir / "summary.json", summary)  # the tracked output, last
+
+
+def folder_of(candidate: Candidate) -> str:
+    """The folder of a candidate the search trained (see :func:`candidate_folder`)."""
+    return candidate_folder(candidate.positions, candidate.warm_start_from)
 
 
 def score_chosen(
