@@ -59,3 +59,19 @@ def test_inside_share_and_the_cohort_summary():
     summary = cohort_summary(patients)
     assert summary.model.tolist() == ["early", "late"] and summary.n.tolist() == [2, 1]
     assert summary.loc[0, "ct_share_in_lesion"] == pytest.approx(0.3)
+
+
+def test_a_run_without_image_fusion_networks_writes_empty_tables(tmp_path):
+    from lungfusion.saliency import run_saliency
+
+    folds = tmp_path / "folds.tsv"
+    folds.write_text(
+        "patient_id\tlabel\tfold\trole\thas_ct\thas_pet\nP1\tADC\t0\ttest\tTrue\tTrue\n"
+    )
+    summary = run_saliency(
+        ["ct", "clinical"], train_dir=tmp_path, folds_path=folds, roi_dir=tmp_path,
+        out_dir=tmp_path / "saliency", mask_size=8, ct_window=(-1024, 1024), max_offset_mm=10.0,
+        device="cpu",
+    )  # fmt: skip
+    assert summary.empty and (tmp_path / "saliency" / "summary.tsv").is_file()
+    assert (tmp_path / "saliency" / "patients.tsv").is_file()

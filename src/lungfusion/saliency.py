@@ -27,6 +27,7 @@ from lungfusion.imaging.roi import unscale
 
 log = logging.getLogger(__name__)
 MODALITIES = ("ct", "pet")
+SHARES = ("ct_share_in_lesion", "pet_share_in_lesion", "pet_share_of_saliency")
 
 
 def _one_modality(model, batch: dict, modality: str):
@@ -158,8 +159,7 @@ def explain_model(
 
 def cohort_summary(patients: pd.DataFrame) -> pd.DataFrame:
     """Per model: patients explained, and the median of each share over them."""
-    shares = ["ct_share_in_lesion", "pet_share_in_lesion", "pet_share_of_saliency"]
-    summary = patients.groupby("model", sort=False)[shares].median().reset_index()
+    summary = patients.groupby("model", sort=False)[list(SHARES)].median().reset_index()
     summary.insert(1, "n", patients.groupby("model", sort=False).size().to_numpy())
     return summary
 
@@ -197,7 +197,8 @@ def run_saliency(
         )  # fmt: skip
         for name in image_fusion_networks(models)
     ]
-    patients = pd.concat(tables, ignore_index=True)
+    columns = ["model", "fold", "patient_id", "lesion_voxels", *SHARES]
+    patients = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
     write_tsv(patients, out_dir / "patients.tsv")
     summary = cohort_summary(patients)
     write_tsv(summary, out_dir / "summary.tsv")
