@@ -39,11 +39,14 @@ WORKFLOW = "real"
 
 # Trims the tiny config further for the cluster run: every job pays SLURM's scheduling and a
 # Snakemake start-up, on 2 cores. One model (2 folds: two GPU jobs), and the late-fusion
-# integrator on it and the clinical model only, so no other model has to be trained for it.
+# integrator on it and the clinical model only, so no other model has to be trained for it;
+# none of the tiny config's optional analyses (grid, exhaustive SFSA, robustness, saliency).
 REAL_OVERRIDES = {
     "synthetic": {"n_patients": 6},
-    "train": {"models": ["ct"]},
+    "train": {"models": ["ct"], "multistage": {"grid": None}, "sfsa_exhaustive": False},
     "integrate": {"submodels": ["ct", "clinical"]},
+    "robustness": {"misalignment_mm": [], "drop_pet_fraction": []},
+    "saliency": {"enabled": False},
 }
 
 # Toy workflow: one CPU rule chain and one training rule that requests a GPU like the real ones.
