@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .encoders import STACKED, encoder_module, make_branch
 from .registry import register_model
-from .resnet import PooledHead, ResNetBranch, image, reject_tabular, tabular
+from .resnet import PooledHead, image, reject_tabular, tabular
 
 
 class UnimodalNet(nn.Module):
@@ -30,16 +31,25 @@ class UnimodalNet(nn.Module):
         n_tabular: int = 0,
         dropout: float = 0.0,
         name: str = "unimodal",
+        encoder: dict | None = None,
     ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
         self.name = name
-        self.branch = ResNetBranch(
-            in_channels=len(self.modalities), widths=widths, blocks_per_stage=blocks_per_stage
+        self.branch = make_branch(
+            in_channels=len(self.modalities),
+            widths=widths,
+            blocks_per_stage=blocks_per_stage,
+            encoder=encoder,
         )
         self.head = PooledHead(
             [self.branch.out_channels], n_classes=n_classes, n_tabular=n_tabular, dropout=dropout
         )
+
+    def encoders(self) -> dict[str, nn.Module]:
+        """The image encoder by the modality it reads (``ct+pet``: both, stacked)."""
+        key = self.modalities[0] if len(self.modalities) == 1 else STACKED
+        return {key: encoder_module(self.branch)}
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         volumes = [image(batch, key, self.name) for key in self.modalities]
@@ -65,18 +75,19 @@ class LateFusionNet(nn.Module):
         widths: Sequence[int],
         blocks_per_stage: int,
         dropout: float = 0.0,
+        encoder: dict | None = None,
     ) -> None:
         super().__init__()
         self.n_classes = n_classes
-        self.ct_branch = ResNetBranch(
-            in_channels=1, widths=widths, blocks_per_stage=blocks_per_stage
-        )
-        self.pet_branch = ResNetBranch(
-            in_channels=1, widths=widths, blocks_per_stage=blocks_per_stage
-        )
+        branch = {"widths": widths, "blocks_per_stage": blocks_per_stage, "encoder": encoder}
+        self.ct_branch = make_branch(in_channels=1, **branch)
+        self.pet_branch = make_branch(in_channels=1, **branch)
         channels = [self.ct_branch.out_channels]
         self.ct_head = PooledHead(channels, n_classes=n_classes, dropout=dropout)
         self.pet_head = PooledHead(channels, n_classes=n_classes, dropout=dropout)
+
+    def encoders(self) -> dict[str, nn.Module]:
+        return {"ct": encoder_module(self.ct_branch), "pet": encoder_module(self.pet_branch)}
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         ct_out = self.ct_head([self.ct_branch(image(batch, "ct", "late"))])
@@ -95,7 +106,9 @@ class LateFusionNet(nn.Module):
 
 
 @register_model("ct", modalities=["ct"])
-def build_ct(*, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropout: float = 0.0):
+def build_ct(
+    *, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropout: float = 0.0, encoder=None
+):
     """Unimodal CT 3D ResNet."""
     return UnimodalNet(
         modalities=("ct",),
@@ -104,12 +117,15 @@ def build_ct(*, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropou
         blocks_per_stage=blocks_per_stage,
         n_tabular=n_tabular,
         dropout=dropout,
+        encoder=encoder,
         name="ct",
     )
 
 
 @register_model("pet", modalities=["pet"])
-def build_pet(*, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropout: float = 0.0):
+def build_pet(
+    *, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropout: float = 0.0, encoder=None
+):
     """Unimodal PET 3D ResNet."""
     return UnimodalNet(
         modalities=("pet",),
@@ -118,12 +134,15 @@ def build_pet(*, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropo
         blocks_per_stage=blocks_per_stage,
         n_tabular=n_tabular,
         dropout=dropout,
+        encoder=encoder,
         name="pet",
     )
 
 
 @register_model("early", modalities=["ct", "pet"])
-def build_early(*, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropout: float = 0.0):
+def build_early(
+    *, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropout: float = 0.0, encoder=None
+):
     """Early fusion: CT and PET as the two input channels of one 3D ResNet."""
     return UnimodalNet(
         modalities=("ct", "pet"),
@@ -132,14 +151,21 @@ def build_early(*, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dro
         blocks_per_stage=blocks_per_stage,
         n_tabular=n_tabular,
         dropout=dropout,
+        encoder=encoder,
         name="early",
     )
 
 
 @register_model("late", modalities=["ct", "pet"])
-def build_late(*, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropout: float = 0.0):
+def build_late(
+    *, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropout: float = 0.0, encoder=None
+):
     """Late (decision-level) fusion, CT and PET networks trained jointly; see LateFusionNet."""
     reject_tabular(n_tabular, "late")
     return LateFusionNet(
-        n_classes=n_classes, widths=widths, blocks_per_stage=blocks_per_stage, dropout=dropout
+        n_classes=n_classes,
+        widths=widths,
+        blocks_per_stage=blocks_per_stage,
+        dropout=dropout,
+        encoder=encoder,
     )

@@ -16,8 +16,9 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Norm
 from torch import nn
 
+from .encoders import encoder_module, make_branch
 from .registry import register_model
-from .resnet import SPATIAL_DIMS, PooledHead, ResNetBranch, image, tabular
+from .resnet import SPATIAL_DIMS, PooledHead, image, tabular
 
 # Seed 000's defaults: L stages (= len(widths)) of N residual blocks.
 MULTISTAGE_WIDTHS = (16, 32, 64)
@@ -77,20 +78,22 @@ class TwoBranchNet(nn.Module):
         dropout: float = 0.0,
         grid: Sequence[int] = (1, 1, 1),
         name: str = "two_branch",
+        encoder: dict | None = None,
     ) -> None:
         super().__init__()
         self.name = name
-        self.ct_branch = ResNetBranch(
-            in_channels=1, widths=widths, blocks_per_stage=blocks_per_stage
-        )
-        self.pet_branch = ResNetBranch(
-            in_channels=1, widths=widths, blocks_per_stage=blocks_per_stage
-        )
-        self.fusion = nn.ModuleList([FusionBlock(w) for w in widths]) if fuse else None
+        branch = {"widths": widths, "blocks_per_stage": blocks_per_stage, "encoder": encoder}
+        self.ct_branch = make_branch(in_channels=1, **branch)
+        self.pet_branch = make_branch(in_channels=1, **branch)
+        channels_per_stage = self.ct_branch.widths
+        self.fusion = nn.ModuleList([FusionBlock(w) for w in channels_per_stage]) if fuse else None
         channels = [self.ct_branch.out_channels, self.pet_branch.out_channels]
         self.head = PooledHead(
             channels, n_classes=n_classes, n_tabular=n_tabular, dropout=dropout, grid=grid
         )
+
+    def encoders(self) -> dict[str, nn.Module]:
+        return {"ct": encoder_module(self.ct_branch), "pet": encoder_module(self.pet_branch)}
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         ct = self.ct_branch.stem(image(batch, "ct", self.name))
@@ -108,7 +111,7 @@ class TwoBranchNet(nn.Module):
     "multistage", modalities=["ct", "pet"], default_blocks_per_stage=MULTISTAGE_BLOCKS_PER_STAGE
 )
 def build_multistage(
-    *, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropout: float = 0.0
+    *, n_classes, in_shape, widths, blocks_per_stage, n_tabular, dropout: float = 0.0, encoder=None
 ):
     """Seed 000's multi-stage intermediate fusion: a fusion block after each of the L stages."""
     return TwoBranchNet(
@@ -118,6 +121,7 @@ def build_multistage(
         fuse=True,
         n_tabular=n_tabular,
         dropout=dropout,
+        encoder=encoder,
         name="multistage",
     )
 
@@ -132,6 +136,7 @@ def build_single_stage(
     n_tabular,
     dropout: float = 0.0,
     flatten_grid: Sequence[int] = (2, 2, 2),
+    encoder=None,
 ):
     """Single-stage intermediate fusion: final maps pooled to ``flatten_grid``, flattened, concatenated."""
     return TwoBranchNet(
@@ -142,5 +147,6 @@ def build_single_stage(
         n_tabular=n_tabular,
         dropout=dropout,
         grid=flatten_grid,
+        encoder=encoder,
         name="single_stage",
     )

@@ -30,10 +30,11 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act, Norm
 from torch import nn
 
+from .encoders import STACKED, encoder_module, make_branch
 from .kan import TABULAR_ENCODERS, table
 from .kan import tabular_encoder as make_tabular_encoder
 from .registry import register_model
-from .resnet import SPATIAL_DIMS, ResNetBranch, image
+from .resnet import SPATIAL_DIMS, image
 
 
 class ChannelAttention3d(nn.Module):
@@ -250,6 +251,7 @@ class MMCAFNet(nn.Module):
         dims: Sequence[int] = (64, 32, 16),
         heads: int = 4,
         dropout: float = 0.0,
+        encoder: dict | None = None,
     ) -> None:
         super().__init__()
         widths = tuple(widths)
@@ -262,10 +264,13 @@ class MMCAFNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.n_tabular, self.use_pet = n_tabular, bool(use_pet)
-        self.encoder = ResNetBranch(
-            in_channels=2 if use_pet else 1, widths=widths, blocks_per_stage=blocks_per_stage
+        self.encoder = make_branch(
+            in_channels=2 if use_pet else 1,
+            widths=widths,
+            blocks_per_stage=blocks_per_stage,
+            encoder=encoder,
         )
-        scales = widths[-3:]
+        scales = tuple(self.encoder.widths[-3:])
         self.attention = nn.ModuleList(E3DMSCA(c) for c in scales)
         # each scale fused with its coarser neighbour; the coarsest with its finer one
         self.bfpu = nn.ModuleList(
@@ -307,6 +312,9 @@ class MMCAFNet(nn.Module):
         fused = self.fusion(self.image_scales(x), table_feature.to(x.dtype))
         return self.head(fused)
 
+    def encoders(self) -> dict[str, nn.Module]:
+        return {STACKED if self.use_pet else "ct": encoder_module(self.encoder)}
+
     def load_image_encoder(self, state_dict: Mapping[str, torch.Tensor], *, strict: bool = True):
         """Load user weights into the 3D encoder (keys as in ``self.encoder.state_dict()``; an
         ``encoder.`` prefix is stripped). Returns the missing and unexpected keys."""
@@ -328,6 +336,7 @@ def build_mmcaf(
     dims: Sequence[int] = (64, 32, 16),
     heads: int = 4,
     dropout: float = 0.0,
+    encoder=None,
 ):
     """MMCAF-Net (seed 001): CT (+ PET channel with ``use_pet``) and the clinical table."""
     if n_tabular < 1:
@@ -335,5 +344,5 @@ def build_mmcaf(
     return MMCAFNet(
         n_tabular=n_tabular, n_classes=n_classes, widths=widths, blocks_per_stage=blocks_per_stage,
         use_pet=use_pet, tabular_encoder=tabular_encoder, tabular_hidden=tabular_hidden,
-        dims=tuple(dims), heads=heads, dropout=dropout,
+        dims=tuple(dims), heads=heads, dropout=dropout, encoder=encoder,
     )  # fmt: skip

@@ -14,6 +14,7 @@ import torch
 from monai.networks.nets.resnet import ResNet
 from torch import nn
 
+from .encoders import EncoderSpec, InputAdapter
 from .registry import register_model
 from .resnet import image, reject_tabular
 
@@ -82,34 +83,46 @@ class MMTMNet(nn.Module):
         ratio: float = 4,
         conv1_stride: int = 1,
         dropout: float = 0.0,
+        encoder: EncoderSpec | dict | None = None,
     ) -> None:
         super().__init__()
         self.positions = _check_positions(positions)
         if len(widths) != 4 or len(layers) != 4:
             raise ValueError(f"MMTMNet needs 4 widths and 4 layer depths, got {widths}, {layers}")
-        self.ct_stream = self._stream(n_classes, widths, layers, conv1_stride)
-        self.pet_stream = self._stream(n_classes, widths, layers, conv1_stride)
+        spec = EncoderSpec.from_value(encoder)
+        if spec is None:  # seed 002's own streams
+            spec_args = {"block": "basic", "layers": list(layers), "block_inplanes": list(widths)}
+            spec_args["conv1_t_stride"] = conv1_stride
+            channels = tuple(widths)
+            self.adapter = nn.Identity()
+        else:  # every stream a pretrained-layout trunk (models/encoders.py), with a head
+            spec_args = {
+                "block": spec.block, "layers": list(spec.layers),
+                "block_inplanes": list(spec.widths), "conv1_t_stride": spec.conv1_t_stride,
+                "shortcut_type": spec.shortcut_type, "widen_factor": spec.widen_factor,
+                "bias_downsample": spec.bias_downsample,
+            }  # fmt: skip
+            channels = spec.stage_channels
+            self.adapter = InputAdapter(spec)
+        self.ct_stream = self._stream(n_classes, spec_args)
+        self.pet_stream = self._stream(n_classes, spec_args)
         self.mmtm = nn.ModuleDict(
-            {str(p): MMTM(widths[p], widths[p], ratio=ratio) for p in self.positions}
+            {str(p): MMTM(channels[p], channels[p], ratio=ratio) for p in self.positions}
         )
         self.dropout = nn.Dropout(dropout)
 
     @staticmethod
-    def _stream(n_classes: int, widths, layers, conv1_stride: int) -> ResNet:
+    def _stream(n_classes: int, spec_args: dict) -> ResNet:
         return ResNet(
-            block="basic",
-            layers=list(layers),
-            block_inplanes=list(widths),
-            spatial_dims=3,
-            n_input_channels=1,
-            conv1_t_size=7,
-            conv1_t_stride=conv1_stride,
-            num_classes=n_classes,
+            spatial_dims=3, n_input_channels=1, conv1_t_size=7, num_classes=n_classes, **spec_args
         )
 
-    @staticmethod
-    def _stem(stream: ResNet, x: torch.Tensor) -> torch.Tensor:
-        x = stream.act(stream.bn1(stream.conv1(x)))
+    def encoders(self) -> dict[str, nn.Module]:
+        """Each modality's stream (its ``fc`` head is not part of a pretrained encoder)."""
+        return {"ct": self.ct_stream, "pet": self.pet_stream}
+
+    def _stem(self, stream: ResNet, x: torch.Tensor) -> torch.Tensor:
+        x = stream.act(stream.bn1(stream.conv1(self.adapter(x))))
         return x if stream.no_max_pool else stream.maxpool(x)
 
     def _logits(self, stream: ResNet, x: torch.Tensor) -> torch.Tensor:
@@ -204,12 +217,14 @@ def build_mmtm(
     mmtm_layers: Sequence[int] = RESNET18_LAYERS,
     conv1_stride: int = 1,
     dropout: float = 0.0,
+    encoder=None,
 ):
     """Seed 002's two-stream ResNet-18 with MMTM at ``mmtm_positions`` (default: all four).
 
     ``blocks_per_stage`` is not used: the streams keep ResNet-18's layout (``mmtm_layers``, 2
     basic blocks in each of 4 layers). Widths come from ``mmtm_widths`` if given (full ResNet-18:
-    64-128-256-512), else from ``widths`` continued to 4 stages by doubling.
+    64-128-256-512), else from ``widths`` continued to 4 stages by doubling. An ``encoder`` spec
+    (models/encoders.py) gives both streams the pretrained trunk's layout instead.
     """
     reject_tabular(n_tabular, "mmtm")
     return MMTMNet(
@@ -220,4 +235,5 @@ def build_mmtm(
         ratio=mmtm_ratio,
         conv1_stride=conv1_stride,
         dropout=dropout,
+        encoder=encoder,
     )

@@ -107,8 +107,9 @@ def build_model(
         blocks_per_stage: residual blocks N per stage; None takes the model's own default
             (3 for ``multistage`` as in seed 000, 1 otherwise).
         n_tabular: number of clinical features in ``batch["tab"]`` (0: none).
-        **options: model-specific keyword options (e.g. ``dropout``, ``mmtm_positions``);
-            an unknown option raises ``TypeError`` naming the accepted ones.
+        **options: model-specific keyword options (e.g. ``dropout``, ``mmtm_positions``, or
+            ``encoder``: an :class:`~lungfusion.models.encoders.EncoderSpec` dict for the image
+            networks); an unknown option raises ``TypeError`` naming the accepted ones.
     """
     spec = model_spec(name)
     in_shape = _check_in_shape(in_shape)
@@ -161,6 +162,11 @@ def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
 def _check_options(spec: ModelSpec, options: dict) -> None:
     parameters = inspect.signature(spec.builder).parameters
     common = {"n_classes", "in_shape", "widths", "blocks_per_stage", "n_tabular"}
+    if "encoder" in options and "encoder" not in parameters:
+        if options["encoder"] is None:
+            del options["encoder"]  # the native encoder: nothing to pass
+        else:
+            raise TypeError(f"model {spec.name!r} has no image encoder to build from a spec")
     accepted = sorted(set(parameters) - common)
     unknown = sorted(set(options) - set(accepted))
     if unknown:

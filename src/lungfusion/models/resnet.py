@@ -71,6 +71,7 @@ class ResNetBranch(nn.Module):
             stages.append(residual_stage(previous, width, n_blocks=blocks_per_stage, stride=2))
             previous = width
         self.stages = nn.ModuleList(stages)
+        self.widths = widths
         self.out_channels = widths[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
