@@ -25,12 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-out-dir", default=None, help="default: <results>/train/sfsa/<fold folder>"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--pretrain-dir", default=None, help="results/pretrain (train.init: pretrain)"
+    )
 
 
 def run(args: argparse.Namespace, config: dict) -> int:
     run_sfsa(
         fold=args.fold, folds_path=args.folds, roi_dir=args.roi_dir,
         sample_sheet=args.sample_sheet, out_dir=args.out_dir, train_out_dir=args.train_out_dir,
-        config=config, progress=not args.no_progress,
+        config=config, progress=not args.no_progress, pretrain_dir=args.pretrain_dir,
     )  # fmt: skip
     return 0

@@ -20,7 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--radiomics-features", type=Path, default=None,
-        help="features.tsv of `lungfusion radiomics` (models radiomics and semantic only)",
+        help="features.tsv of `lungfusion radiomics` (radiomics and semantic; the networks' "
+        "train.aux_targets)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pretrain-dir", type=Path, default=None,
+        help="results/pretrain of `lungfusion pretrain` (train.init: pretrain)",
     )  # fmt: skip
 
 
@@ -30,7 +35,8 @@ def run(args: argparse.Namespace, config: dict) -> int:
     if table_model is None:
         train_network(
             args.model, **paths, roi_dir=args.roi_dir, out_dir=args.out_dir, config=config,
-            progress=not args.no_progress,
+            progress=not args.no_progress, pretrain_dir=args.pretrain_dir,
+            aux_features=args.radiomics_features,
         )  # fmt: skip
     elif table_model.reads_features:
         run_radiomics(

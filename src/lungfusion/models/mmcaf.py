@@ -254,9 +254,6 @@ class MMCAFNet(nn.Module):
         encoder: dict | None = None,
     ) -> None:
         super().__init__()
-        widths = tuple(widths)
-        if len(widths) < 3:
-            raise ValueError(f"MMCAF-Net uses three scales: widths needs >= 3 stages, got {widths}")
         if tabular_encoder not in TABULAR_ENCODERS:
             raise ValueError(
                 f"tabular_encoder must be one of {list(TABULAR_ENCODERS)}, got {tabular_encoder!r}"
@@ -270,6 +267,10 @@ class MMCAFNet(nn.Module):
             blocks_per_stage=blocks_per_stage,
             encoder=encoder,
         )
+        if len(self.encoder.widths) < 3:
+            raise ValueError(
+                f"MMCAF-Net uses three scales: widths needs >= 3 stages, got {tuple(widths)}"
+            )
         scales = tuple(self.encoder.widths[-3:])
         self.attention = nn.ModuleList(E3DMSCA(c) for c in scales)
         # each scale fused with its coarser neighbour; the coarsest with its finer one

@@ -49,7 +49,7 @@ from lungfusion.training.device import (
 log = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_gmean", "lr", "seconds"]
-BATCH_KEYS = ("ct", "pet", "has_pet", "tab")
+BATCH_KEYS = ("ct", "pet", "has_pet", "tab", "aux")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 IMBALANCE = ("class_weight", "oversample", "none")
 SELECTION = ("gmean", "loss", "auc")
@@ -89,6 +89,11 @@ class TrainSettings:
     ema_decay: float | None = None  # select and score a moving average of the weights
     tta: bool = False  # score the mean logits of the eight in-plane symmetries of the ROI
     calibration: str = "platt"  # per fold, on its validation patients (training/calibration.py)
+    # pretrained encoders (training/init.py): frozen for this many epochs (-1: always), and
+    # trained at this share of lr; both apply only when the Trainer is given such encoders
+    freeze_encoder_epochs: int = 0
+    encoder_lr_factor: float = 0.1
+    aux_weight: float = 0.1  # the auxiliary targets' loss weight, when records carry ``aux``
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -112,6 +117,12 @@ class TrainSettings:
             raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must not be negative, got {self.weight_decay}")
+        if self.freeze_encoder_epochs < -1:
+            raise ValueError(
+                f"freeze_encoder_epochs must be >= -1, got {self.freeze_encoder_epochs}"
+            )
+        if not 0.0 < self.encoder_lr_factor <= 1.0 or self.aux_weight < 0:
+            raise ValueError("encoder_lr_factor must be in (0, 1] and aux_weight >= 0")
         if self.task == "classification" and len(self.classes) < 2:
             raise ValueError(f"classification needs at least two classes, got {self.classes}")
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -272,6 +283,8 @@ class Trainer:
         out_dir: str | Path,
         run_hash: str,
         model_meta: dict | None = None,
+        pretrained_encoders: Sequence[nn.Module] = (),
+        aux_head: nn.Module | None = None,
     ) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
@@ -281,6 +294,9 @@ class Trainer:
         self.model_meta = model_meta or {}
         self.weights: torch.Tensor | None = None
         self.ema: AveragedModel | None = None  # while fitting with ema_decay
+        self.pretrained_encoders = list(pretrained_encoders)
+        # auxiliary targets (training/aux.py): trained beside the model, never saved in model.pt
+        self.aux_head = None if aux_head is None else aux_head.to(self.device)
 
     # -- loss and scoring
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -347,8 +363,35 @@ class Trainer:
         return (value, -row["val_loss"])
 
     # -- optimisation
+    def _parameter_groups(self) -> list[dict]:
+        """New layers at ``lr`` (first group: the history's lr column), pretrained encoders at
+        ``lr * encoder_lr_factor``: a smaller step keeps what pretraining learned."""
+        encoder_ids = {id(p) for e in self.pretrained_encoders for p in e.parameters()}
+        new = [p for p in self.model.parameters() if id(p) not in encoder_ids]
+        if self.aux_head is not None:
+            new += list(self.aux_head.parameters())
+        groups = [{"params": new, "lr": self.settings.lr}]
+        if encoder_ids:
+            pretrained = [p for p in self.model.parameters() if id(p) in encoder_ids]
+            lr = self.settings.lr * self.settings.encoder_lr_factor
+            groups.append({"params": pretrained, "lr": lr})
+        return groups
+
+    def encoders_frozen(self, epoch: int) -> bool:
+        """Whether the pretrained encoders stay fixed in ``epoch`` (0-based)."""
+        freeze = self.settings.freeze_encoder_epochs
+        return bool(self.pretrained_encoders) and (freeze == -1 or epoch < freeze)
+
+    def _set_encoders_frozen(self, frozen: bool) -> None:
+        """Frozen: no gradients, and batch norm keeps its pretrained statistics (eval mode)."""
+        for encoder in self.pretrained_encoders:
+            for parameter in encoder.parameters():
+                parameter.requires_grad_(not frozen)
+            if frozen:
+                encoder.eval()
+
     def _optimiser(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
-        params, lr, decay = self.model.parameters(), self.settings.lr, self.settings.weight_decay
+        params, lr, decay = self._parameter_groups(), self.settings.lr, self.settings.weight_decay
         if self.settings.optimizer == "adam":  # weight decay as an L2 term of the gradient
             optimiser = torch.optim.Adam(params, lr=lr, weight_decay=decay)
         elif self.settings.optimizer == "adamw":  # decoupled weight decay
@@ -362,14 +405,24 @@ class Trainer:
         )
         return optimiser, scheduler
 
-    def _train_epoch(self, loader: DataLoader, optimiser: torch.optim.Optimizer) -> float:
+    def _train_epoch(
+        self, loader: DataLoader, optimiser: torch.optim.Optimizer, *, frozen: bool = False
+    ) -> float:
         self.model.train()
-        total, count = 0.0, 0
+        self._set_encoders_frozen(frozen)
+        if self.aux_head is not None:
+            self.aux_head.train()
+        total, count, aux_total = 0.0, 0, 0.0
         for batch in loader:
             optimiser.zero_grad(set_to_none=True)
+            on_device = _to_device(batch, self.device)
             with autocast(self.device):
-                outputs = self.model(_to_device(batch, self.device))
+                outputs = self.model(on_device)
             loss = self.loss(outputs, batch)
+            if self.aux_head is not None:
+                aux_loss = self.aux_head.loss(on_device["aux"])
+                aux_total += float(aux_loss.detach()) * len(batch["patient_id"])
+                loss = loss + self.settings.aux_weight * aux_loss
             loss.backward()
             optimiser.step()
             if self.ema is not None:
@@ -377,6 +430,7 @@ class Trainer:
             size = len(batch["patient_id"])
             total += float(loss.detach()) * size
             count += size
+        self.last_aux_loss = aux_total / max(count, 1) if self.aux_head is not None else None
         return total / max(count, 1)
 
     def fit(
@@ -419,7 +473,9 @@ class Trainer:
             torch.manual_seed(_epoch_seed(settings.seed, epoch))
             lr = optimiser.param_groups[0]["lr"]
             train_loss = self._train_epoch(
-                _train_loader(train_set, train_records, settings, epoch), optimiser
+                _train_loader(train_set, train_records, settings, epoch),
+                optimiser,
+                frozen=self.encoders_frozen(epoch),
             )
             scheduler.step()
             val_loss, values, rows = self.evaluate(val_loader)
@@ -427,6 +483,8 @@ class Trainer:
             row.update({"val_auc": math.nan, "val_gmean": math.nan})
             row.update(self.metrics(values, rows))
             row.update({"lr": lr, "seconds": round(time.perf_counter() - epoch_start, 3)})
+            if self.aux_head is not None:  # train_loss includes it, weighted
+                row["train_aux_loss"] = self.last_aux_loss
             history.append(row)
             score = self.selection_score(row)
             if best is None or score > tuple(best["score"]):
@@ -448,6 +506,7 @@ class Trainer:
                 log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
                 break
         bar.close()
+        self._set_encoders_frozen(False)
         best_state = torch.load(self.out_dir / "model.pt", map_location="cpu", weights_only=False)
         self.model.load_state_dict(best_state["state_dict"])
         self.ema = None  # the selected weights are now the model's
@@ -477,6 +536,8 @@ class Trainer:
         self.model.load_state_dict(saved["model_state"])
         if self.ema is not None:
             self.ema.load_state_dict(saved["ema_state"])
+        if self.aux_head is not None:
+            self.aux_head.load_state_dict(saved["aux_state"])
         optimiser.load_state_dict(saved["optimizer_state"])
         scheduler.load_state_dict(saved["scheduler_state"])
         _set_rng_states(saved["rng"])
@@ -505,6 +566,7 @@ class Trainer:
             "config_hash": self.run_hash,
             "model_state": _cpu_state(self.model),
             "ema_state": None if self.ema is None else _cpu_state(self.ema),
+            "aux_state": None if self.aux_head is None else _cpu_state(self.aux_head),
             "optimizer_state": optimiser.state_dict(),
             "scheduler_state": scheduler.state_dict(),
             "rng": _rng_states(),
@@ -619,6 +681,8 @@ def train_model(
     model_meta: dict | None = None,
     summary_extra: dict | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    pretrained_encoders: Sequence[nn.Module] = (),
+    aux_head: nn.Module | None = None,
 ) -> dict:
     """Fit, then write ``val_predictions.tsv``, ``predictions.tsv`` and, last, ``summary.json``.
 
@@ -634,8 +698,9 @@ def train_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").unlink(missing_ok=True)  # the run is not complete until rewritten
     trainer = Trainer(
-        model, settings=settings, out_dir=out_dir, run_hash=run_hash, model_meta=model_meta
-    )
+        model, settings=settings, out_dir=out_dir, run_hash=run_hash, model_meta=model_meta,
+        pretrained_encoders=pretrained_encoders, aux_head=aux_head,
+    )  # fmt: skip
     result = trainer.fit(train_records, val_records, on_epoch_end=on_epoch_end)
     started = time.perf_counter()
     calibration = write_fold_predictions(trainer, val_records, test_records, fold, out_dir)

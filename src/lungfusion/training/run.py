@@ -29,10 +29,13 @@ def settings_from_config(config: dict, *, progress: bool = True, **overrides) ->
     for name in (
         "epochs", "batch_size", "lr", "lr_step_epochs", "lr_gamma", "optimizer", "imbalance",
         "selection_metric", "early_stopping_patience", "num_workers", "seed", "device",
-        "sgd_momentum", "weight_decay", "ema_decay", "tta", "calibration",
+        "sgd_momentum", "weight_decay", "ema_decay", "tta", "calibration", "freeze_encoder_epochs",
+        "encoder_lr_factor",
     ):  # fmt: skip
         if name in train:
             values[name] = train[name]
+    if "weight" in (train.get("aux_targets") or {}):
+        values["aux_weight"] = train["aux_targets"]["weight"]
     values.update(overrides)
     return TrainSettings(**values)
 
@@ -68,11 +71,17 @@ def loss_overrides(config: dict, model: str) -> dict:
 def train_network(
     model_name: str, *, fold: int, folds_path: str | Path, roi_dir: str | Path,
     sample_sheet: str | Path, out_dir: str | Path, config: dict, progress: bool = True,
+    pretrain_dir: str | Path | None = None, aux_features: str | Path | None = None,
 ) -> None:  # fmt: skip
     """Train the registered network ``model_name`` on fold ``fold`` and score its validation
     and test patients in ``out_dir`` (``lungfusion train`` for every model but the table
-    models); patients lacking a modality the model reads are left out and named."""
+    models); patients lacking a modality the model reads are left out and named.
+
+    ``pretrain_dir`` holds the pretrain stage's encoders (``train.init: pretrain``);
+    ``aux_features`` is the radiomics table the auxiliary targets come from
+    (``train.aux_targets.features``)."""
     from lungfusion.models import build_model, required_modalities
+    from lungfusion.training.init import encoder_spec_from_config, initialise_encoders
 
     settings = settings_from_config(config, progress=progress, **loss_overrides(config, model_name))
     data = load_fold(
@@ -90,6 +99,9 @@ def train_network(
         "n_tabular": data.n_tabular,
         **options,
     }
+    spec = encoder_spec_from_config(config)
+    if spec is not None:  # every image network on the shared trunk (models/encoders.py)
+        build["encoder"] = spec.as_dict()
     cell = parse_grid_name(model_name)
     if cell is not None:  # a fusion-depth grid cell: its own depth
         build["widths"] = grid_widths(build["widths"], cell[0])
@@ -98,6 +110,8 @@ def train_network(
     model = build_model(model_name, **build)
     if section.get("pretrained"):
         load_pretrained_encoder(model, section["pretrained"])
+    init = initialise_encoders(model, config=config, fold=fold, pretrain_dir=pretrain_dir)
+    aux = auxiliary_targets(model, data, config=config, features_path=aux_features)
     meta = {
         "name": model_name,
         "build": build,
@@ -127,14 +141,57 @@ def train_network(
                 **run_hash_payload(model_name, build, settings, data),
                 "pretrained": section.get("pretrained"),
                 "clinical_columns": data.tabular_columns,
+                "init": init.identity(),
+                "aux_targets": aux.identity(),
             }
         ),  # fmt: skip
         model_meta=meta,
         summary_extra={
             "excluded_missing_modality": excluded_summary(data.excluded),
             "modalities": sorted(required_modalities(model_name)),
+            "init": init.summary(),
+            "aux_targets": aux.summary(),
         },
+        pretrained_encoders=init.pretrained_modules,
+        aux_head=aux.head,
     )
+    if aux.head is not None:
+        aux.head.remove()
+
+
+def auxiliary_targets(model, data, *, config: dict, features_path: str | Path | None):
+    """The auxiliary head and each record's standardised targets (``train.aux_targets``)."""
+    import pandas as pd
+
+    from lungfusion.training.aux import AuxHead, attach_targets, standardised_targets
+
+    columns = list((config["train"].get("aux_targets") or {}).get("features") or [])
+    if not columns:
+        return AuxTargets()
+    if not hasattr(model, "encoders"):
+        raise ValueError(f"train.aux_targets: {type(model).__name__} has no image encoder")
+    if features_path is None:
+        raise ValueError("train.aux_targets needs the radiomics table (--radiomics-features)")
+    features = pd.read_csv(features_path, sep="\t", dtype={"patient_id": str})
+    features = features.set_index("patient_id")
+    train_ids = [r["patient_id"] for r in data.train]
+    targets, scaling = standardised_targets(features, columns, train_ids)
+    for records in (data.train, data.val, data.test):
+        attach_targets(records, targets)
+    return AuxTargets(AuxHead(model.encoders(), len(columns)), columns, scaling)
+
+
+class AuxTargets:
+    """The auxiliary head (None: off), its target columns and their training-fold scaling."""
+
+    def __init__(self, head=None, columns: list[str] | None = None, scaling: dict | None = None):
+        self.head, self.columns, self.scaling = head, list(columns or []), scaling or {}
+
+    def identity(self) -> dict:
+        return {"features": self.columns}
+
+    def summary(self) -> dict:
+        return {"features": self.columns, "scaling_on_training_patients": self.scaling}
 
 
 def load_pretrained_encoder(model, path: str) -> None:

@@ -203,13 +203,16 @@ def exhaustive_record(table: pd.DataFrame, greedy_positions: Sequence[int]) -> d
 def run_sfsa(
     *, fold: int, folds_path: str | Path, roi_dir: str | Path, sample_sheet: str | Path,
     out_dir: str | Path, train_out_dir: str | Path | None, config: dict, progress: bool = True,
+    pretrain_dir: str | Path | None = None,
 ) -> None:  # fmt: skip
     """Search the MMTM positions on fold ``fold`` (``search.tsv``, ``best.json`` and each
     candidate's run in ``out_dir``), then score the chosen network in ``train_out_dir``
     (default ``results/train/sfsa/fold{k}``) as ``lungfusion train`` writes a network's run.
     With ``train.sfsa_exhaustive`` also rank every subset (``exhaustive.tsv`` and
-    ``best.json``'s ``exhaustive`` record)."""
+    ``best.json``'s ``exhaustive`` record). Every candidate trained from nothing starts its
+    streams as ``train.init`` says (``pretrain_dir``: the pretrain stage's encoders)."""
     from lungfusion.models import MMTM_POSITIONS, build_model, required_modalities, warm_start
+    from lungfusion.training.init import encoder_spec_from_config, initialise_encoders
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -231,6 +234,9 @@ def run_sfsa(
         "blocks_per_stage": config["train"]["blocks_per_stage"],
         "n_tabular": 0,
     }
+    spec = encoder_spec_from_config(config)
+    if spec is not None:
+        base_build["encoder"] = spec.as_dict()
 
     def build(positions: tuple[int, ...]):
         seed_everything(settings.seed)  # the initial weights too: a rerun repeats the search
@@ -245,7 +251,9 @@ def run_sfsa(
             "sfsa", {**base_build, "mmtm_positions": positions}, settings, data
         )
         payload["warm_start_from"] = None
-        if source is not None:
+        init = initialise_encoders(model, config=config, fold=fold, pretrain_dir=pretrain_dir)
+        payload["init"] = init.identity()
+        if source is not None:  # the streams go on from the previous candidate's
             warm_start(model, source.result.state)
             payload["warm_start_from"] = hashes[folder_of(source)]
         hashes[folder] = config_hash(payload)
@@ -256,6 +264,7 @@ def run_sfsa(
             out_dir=out_dir / "candidates" / folder,
             run_hash=hashes[folder],
             model_meta=meta,
+            pretrained_encoders=init.pretrained_modules,
         )
         fit = trainer.fit(data.train, data.val)
         log.info("sfsa %s: val loss %.4f", folder, fit.best_val_loss)
