@@ -43,7 +43,9 @@ def aux_targets_input(wildcards):
 
 
 def aux_targets_option(wildcards, input):
-    return f"--radiomics-features {input.features}" if "features" in input.keys() else ""
+    return (
+        f"--radiomics-features {input.features}" if "features" in input.keys() else ""
+    )
 
 
 rule train:
