@@ -400,3 +400,29 @@ def test_report_compares_sfsa_with_exhaustive_search_when_it_ran(tmp_path: Path)
 def test_report_has_no_exhaustive_section_without_records(classification_report: Path):
     assert "SFSA against exhaustive" not in (classification_report / "index.html").read_text()
     assert not (classification_report / "tables" / "sfsa_exhaustive.csv").exists()
+
+
+def test_report_says_how_each_network_started_and_whether_pretraining_saw_the_test_patients(
+    tmp_path: Path,
+):
+    results = make_fake_results(tmp_path)
+    spec = {"arch": "resnet10", "widths": [16, 32, 64, 128]}
+    for fold in (0, 1):
+        _write_json(results / "train" / "early" / f"fold{fold}" / "summary.json", {
+            "epochs_run": 3, "settings": {"freeze_encoder_epochs": -1, "encoder_lr_factor": 0.1},
+            "init": {"mode": "pretrain", "encoder": spec, "loaded": {"ct+pet": {}}},
+            "aux_targets": {"features": ["sem_log_volume_ml"]},
+        })  # fmt: skip
+        _write_json(results / "train" / "ct" / f"fold{fold}" / "summary.json", {
+            "epochs_run": 2, "settings": {}, "init": {"mode": "scratch", "encoder": None,
+                                                     "loaded": {}}, "aux_targets": {},
+        })  # fmt: skip
+    _write_json(results / "pretrain" / "ct" / "fold0" / "summary.json", {"transductive": True})
+    build_report(results, tmp_path / "out", task="classification", classes=CLASSES)
+    table = pd.read_csv(tmp_path / "out" / "tables" / "networks.csv", dtype=str)
+    rows = {r["model"]: r for r in table.to_dict("records")}
+    assert rows["early"]["initialisation"] == "pretrain (ct+pet)"
+    assert rows["early"]["encoder"] == "resnet10" and rows["early"]["frozen epochs"] == "all"
+    assert rows["early"]["auxiliary targets"] == "sem_log_volume_ml"
+    assert rows["ct"]["initialisation"] == "scratch" and rows["ct"]["encoder"] == "native"
+    assert "Pretraining was transductive" in (tmp_path / "out" / "index.html").read_text()

@@ -178,6 +178,7 @@ def build_report(
         ),
     }
     _external(results, inputs.metrics, plain, task=task, decimals=decimals)
+    _networks(results, plain)
     for name, (frame, title, _) in plain.items():
         written.tables[name] = _write_table_files(
             out_dir / "tables" / name, frame,
@@ -271,6 +272,50 @@ def _external(
         "fold by fold then averaged, beside the internal out-of-fold result; the threshold "
         "metrics and the rest are in external/metrics/all.tsv.",
     )
+
+
+def _networks(results: Path, plain: dict) -> None:
+    """How each network was trained: its encoders' initialisation, the freezing, the auxiliary
+    targets (from the folds' summaries), and whether pretraining saw the test patients."""
+    rows = []
+    for folder in sorted((results / "train").glob("*")):
+        summaries = [
+            cohort_lib.read_json_or_none(p) or {} for p in sorted(folder.glob("fold*/summary.json"))
+        ]
+        summaries = [s for s in summaries if "init" in s]
+        if not summaries:
+            continue  # a table model, or a run from before train.init
+        first = summaries[0]
+        init, settings = first["init"], first.get("settings", {})
+        encoder = init.get("encoder") or {}
+        loaded = sorted({key for s in summaries for key in s["init"].get("loaded", {})})
+        freeze = settings.get("freeze_encoder_epochs", 0)
+        rows.append({
+            "model": folder.name,
+            "initialisation": init["mode"] + (f" ({', '.join(loaded)})" if loaded else ""),
+            "encoder": encoder.get("arch", "native"),
+            "frozen epochs": ("all" if freeze == -1 else freeze) if loaded else "-",
+            "encoder lr share": settings.get("encoder_lr_factor") if loaded else "-",
+            "auxiliary targets": ", ".join(first.get("aux_targets", {}).get("features", [])) or "-",
+            "epochs run": ", ".join(str(s.get("epochs_run")) for s in summaries),
+        })  # fmt: skip
+    if not rows:
+        return
+    pretrain = [
+        cohort_lib.read_json_or_none(p) or {}
+        for p in sorted(results.glob("pretrain/*/fold*/summary.json"))
+    ]
+    transductive = any(s.get("transductive") for s in pretrain)
+    plain["networks"] = (
+        pd.DataFrame(rows),
+        "Networks",
+        "Each network's encoders (train.encoder), where they started (train.init: scratch, the "
+        "fold's self-supervised pretraining, or a checkpoint file), how long they stayed frozen, "
+        "their learning rate as a share of train.lr, and the label-free auxiliary targets. "
+        + ("Pretraining was transductive: it also read each fold's test patients' images "
+           "(never their labels)." if transductive else
+           "Pretraining, where used, never read a fold's test patients." if pretrain else ""),
+    )  # fmt: skip
 
 
 def _fusion_grid(results: Path, metrics: pd.DataFrame) -> tuple | None:

@@ -67,13 +67,6 @@ class EncoderInit:
     def summary(self) -> dict:
         return {"mode": self.mode, "encoder": self.spec, "loaded": self.loaded}
 
-    def describe(self) -> str:
-        """One line for the report's methods table."""
-        if self.mode == "scratch" or not self.loaded:
-            arch = "native branch" if self.spec is None else self.spec["arch"]
-            return f"scratch ({arch})"
-        return f"{self.mode} ({self.spec['arch']}: {', '.join(sorted(self.loaded))})"
-
 
 def initialise_encoders(
     model, *, config: dict, fold: int, pretrain_dir: str | Path | None
