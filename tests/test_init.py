@@ -131,7 +131,14 @@ def test_a_frozen_encoder_does_not_change_and_the_head_trains(cohort, tmp_path):
     torch.manual_seed(0)
     head = {k: v for k, v in saved.items() if "head" in k}
     assert any(not torch.equal(v, fresh.state_dict()[k]) for k, v in head.items())
-    assert_prediction_columns(out)
+    predictions = assert_prediction_columns(out)
+    # predict rebuilds the trunk from the checkpoint and scores as the fold did
+    from lungfusion.inference import predict_model
+
+    row = predictions.iloc[0]
+    npz = cohort["roi_dir"] / f"{row.patient_id}.npz"
+    result = predict_model([out / "model.pt"], npz, has_pet=True, tab_context=None, device="cpu")
+    assert result["probabilities"]["SQC"] == pytest.approx(row.prob_SQC, abs=1e-5)
 
 
 def _features(cohort, tmp_path):
