@@ -29,7 +29,8 @@ def _medicalnet_net(arch: str) -> torch.nn.Module:
     )
 
 
-def _fmcib_net() -> torch.nn.Module:
+@pytest.fixture(scope="module")
+def fmcib_state() -> dict:
     """FMCIB's trunk as fmcib/models/__init__.py (fmcib_model) builds it."""
     return resnet.resnet50(
         pretrained=False,
@@ -38,7 +39,7 @@ def _fmcib_net() -> torch.nn.Module:
         conv1_t_stride=2,
         feed_forward=False,
         bias_downsample=True,
-    )
+    ).state_dict()
 
 
 def _load_and_compare(path, layout: str, arch: str, source: dict) -> dict:
@@ -66,8 +67,8 @@ def test_medicalnet_checkpoint_loads(tmp_path, arch):
     assert record["input"]["resampling"].startswith("none")
 
 
-def test_fmcib_checkpoint_loads_with_its_input(tmp_path):
-    source = _fmcib_net().state_dict()
+def test_fmcib_checkpoint_loads_with_its_input(tmp_path, fmcib_state):
+    source = fmcib_state
     path = tmp_path / "model_weights.torch"
     torch.save({"trunk_state_dict": source, "head_state_dict": {}}, path)
     record = _load_and_compare(path, "fmcib", "resnet50", source)
@@ -76,8 +77,8 @@ def test_fmcib_checkpoint_loads_with_its_input(tmp_path):
     assert any("3072" in note for note in record["notes"])
 
 
-def test_fmcib_lighter_checkpoint_drops_its_heads(tmp_path):
-    source = _fmcib_net().state_dict()
+def test_fmcib_lighter_checkpoint_drops_its_heads(tmp_path, fmcib_state):
+    source = fmcib_state
     heads = {"model.heads.0.0.weight": torch.zeros(8, 4096), "model.heads.0.0.bias": torch.zeros(8)}
     path = tmp_path / "finetuned.ckpt"
     torch.save({"state_dict": {f"model.trunk.{k}": v for k, v in source.items()} | heads}, path)
@@ -141,15 +142,15 @@ def test_renamed_key_is_named(tmp_path):
         read_encoder_weights(path, layout="medicalnet", spec=spec)
 
 
-def test_fmcib_read_as_medicalnet_names_the_mismatched_shape(tmp_path):
+def test_fmcib_read_as_medicalnet_names_the_mismatched_shape(tmp_path, fmcib_state):
     path = tmp_path / "model_weights.torch"
-    torch.save({"trunk_state_dict": _fmcib_net().state_dict()}, path)
+    torch.save({"trunk_state_dict": fmcib_state}, path)
     spec = layout_spec("medicalnet", "resnet50", roi_spacing_mm=None)
     with pytest.raises(EncoderWeightsError) as error:
         read_encoder_weights(path, layout="medicalnet", spec=spec)
     message = str(error.value)
     assert "no state dict found" in message  # MedicalNet keeps its weights under state_dict
-    torch.save({"state_dict": _fmcib_net().state_dict()}, path)
+    torch.save({"state_dict": fmcib_state}, path)
     with pytest.raises(EncoderWeightsError) as error:
         read_encoder_weights(path, layout="medicalnet", spec=spec)
     message = str(error.value)

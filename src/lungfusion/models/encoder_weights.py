@@ -161,9 +161,10 @@ def read_encoder_weights(
     checkpoint, weights_only = _load(path)
     state, container = _unwrap(checkpoint, layout, path)
     state, stripped, dropped = _strip(state)
-    expected = build_trunk(spec, in_channels=in_channels).state_dict()
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        expected = build_trunk(spec, in_channels=in_channels).state_dict()
     filled = _check(state, expected, path=path, layout=layout, spec=spec)
-    state = {key: state[key] if key in state else expected[key] for key in expected}
+    state = {key: state.get(key, torch.tensor(0)) for key in expected}
     record = {
         "path": str(path),
         "layout": layout,
