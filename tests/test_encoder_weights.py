@@ -77,6 +77,33 @@ def test_fmcib_checkpoint_loads_with_its_input(tmp_path, fmcib_state):
     assert any("3072" in note for note in record["notes"])
 
 
+@pytest.mark.parametrize("window", [(-1024.0, 1024.0), (-1000.0, 400.0)])
+def test_fmcib_stem_reads_the_ct_window_as_fmcib_did(tmp_path, fmcib_state, window):
+    path = tmp_path / "model_weights.torch"
+    stem = {k: v for k, v in fmcib_state.items() if k.split(".")[0] in ("conv1", "bn1")}
+    stem["bn1.running_mean"] = torch.randn(128)
+    torch.save({"trunk_state_dict": fmcib_state | stem}, path)
+    spec = layout_spec("fmcib", "resnet50", roi_spacing_mm=ROI_SPACING)
+    plain, _ = read_encoder_weights(path, layout="fmcib", spec=spec)
+    folded, record = read_encoder_weights(path, layout="fmcib", spec=spec, ct_window=window)
+    assert "3072" in record["input"]["normalisation"]
+
+    def stem_out(state, x):
+        conv = torch.nn.Conv3d(1, 128, 7, stride=2, padding=3, bias=False)
+        bn = torch.nn.BatchNorm3d(128).eval()
+        conv.load_state_dict({"weight": state["conv1.weight"]})
+        bn.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("bn1.")})
+        with torch.no_grad():
+            return bn(conv(x))[..., 2:-2, 2:-2, 2:-2]  # away from the padded borders
+
+    low, high = window
+    hu = torch.empty(1, 1, 20, 20, 20).uniform_(low, high)
+    ours = (hu - low) / (high - low)
+    theirs = (hu + 1024) / 3072
+    assert torch.allclose(stem_out(folded, ours), stem_out(plain, theirs), atol=1e-4)
+    assert not torch.allclose(stem_out(plain, ours), stem_out(plain, theirs), atol=1e-2)
+
+
 def test_fmcib_lighter_checkpoint_drops_its_heads(tmp_path, fmcib_state):
     source = fmcib_state
     heads = {"model.heads.0.0.weight": torch.zeros(8, 4096), "model.heads.0.0.bias": torch.zeros(8)}

@@ -23,7 +23,9 @@ Each ``train.encoder_layout`` names a published layout:
 
 :func:`layout_spec` gives the :class:`EncoderSpec` a layout needs, :func:`read_encoder_weights`
 reads a file, maps its keys onto :func:`build_trunk`'s and checks every key and shape, stopping
-with :class:`EncoderWeightsError` at the first that does not fit.
+with :class:`EncoderWeightsError` at the first that does not fit. Input spacing and size are the
+spec's business (:class:`~lungfusion.models.encoders.InputAdapter`); FMCIB's CT intensity scale
+is folded into its stem on request (:func:`fold_fmcib_intensity`).
 """
 
 from __future__ import annotations
@@ -110,7 +112,9 @@ def layout_spec(
                 "FMCIB: the ROI is resampled (trilinear) to 1 mm and centre-cropped or "
                 "zero-padded to 50x50x50 voxels, as FMCIB was trained",
                 f"FMCIB normalised CT as {FMCIB_NORMALISATION}; this pipeline's CT ROI is windowed "
-                "to [0, 1] over roi.ct_window (see the reading record for what was applied)",
+                "to [0, 1] over roi.ct_window: read_encoder_weights(ct_window=...) folds the "
+                "mapping into the stem, and its record says whether it did",
+                "FMCIB is a CT model: for PET it is a generic 3D initialisation",
             ),
         )
     if layout == "monai_bundle":
@@ -146,7 +150,12 @@ def stored_spec(path: str | Path) -> EncoderSpec:
 
 
 def read_encoder_weights(
-    path: str | Path, *, layout: str, spec: EncoderSpec, in_channels: int = 1
+    path: str | Path,
+    *,
+    layout: str,
+    spec: EncoderSpec,
+    in_channels: int = 1,
+    ct_window: tuple[float, float] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """The trunk weights in ``path``, keyed as :func:`build_trunk` ``(spec)`` keys them, and a
     record of the reading for the training summaries.
@@ -155,6 +164,9 @@ def read_encoder_weights(
     and classifier heads dropped; then every key of the trunk must be present with its shape and
     no other key may remain. The first that does not fit raises :class:`EncoderWeightsError`,
     naming the file, the layout, the key and the architecture expected.
+
+    ``ct_window`` (HU low, high; pass ``roi.ct_window`` for a CT encoder, None for PET) makes an
+    FMCIB stem read this pipeline's CT as FMCIB's normalisation (:func:`fold_fmcib_intensity`).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"encoder_layout must be one of {list(LAYOUTS)}, got {layout!r}")
@@ -165,6 +177,9 @@ def read_encoder_weights(
         expected = build_trunk(spec, in_channels=in_channels).state_dict()
     filled = _check(state, expected, path=path, layout=layout, spec=spec)
     state = {key: state.get(key, torch.tensor(0)) for key in expected}
+    normalisation = "none"
+    if layout == "fmcib" and ct_window is not None:
+        state, normalisation = fold_fmcib_intensity(state, ct_window)
     record = {
         "path": str(path),
         "layout": layout,
@@ -175,10 +190,35 @@ def read_encoder_weights(
         "keys_loaded": len(expected) - len(filled),
         "keys_dropped": dropped,
         "keys_filled": filled,
-        "input": _input_record(spec),
+        "input": _input_record(spec) | {"normalisation": normalisation},
         "notes": list(spec.notes),
     }
     return state, record
+
+
+def fold_fmcib_intensity(
+    state: dict[str, torch.Tensor], ct_window: tuple[float, float]
+) -> tuple[dict[str, torch.Tensor], str]:
+    """FMCIB's stem made to read CT windowed to [0, 1] over ``ct_window`` as FMCIB read
+    (HU + 1024) / 3072.
+
+    Within the window FMCIB's value is ``a * x + b`` (a = (high - low) / 3072, b = (low + 1024) /
+    3072). conv1 has no bias, so ``conv1(a x + b) = conv1'(x) + b * sum(w)`` with conv1' = a w;
+    bn1's running mean absorbs ``b * sum(w)`` per channel. Exact away from the padded borders,
+    where this pipeline's zeros stand for HU ``low`` (FMCIB's for -1024: the same with the
+    default window). Returns the new state and a line for the record.
+    """
+    low, high = (float(v) for v in ct_window)
+    scale, offset = (high - low) / 3072.0, (low + 1024.0) / 3072.0
+    state = dict(state)
+    weight = state["conv1.weight"]
+    state["conv1.weight"] = weight * scale
+    state["bn1.running_mean"] = state["bn1.running_mean"] - offset * weight.sum(dim=(1, 2, 3, 4))
+    return state, (
+        f"CT windowed to [0, 1] over {low:g}..{high:g} HU mapped onto FMCIB's "
+        f"{FMCIB_NORMALISATION} by folding x * {scale:.6g} + {offset:.6g} into conv1 and bn1 "
+        f"(values above {high:g} HU stay clipped)"
+    )
 
 
 def _load(path: str | Path) -> tuple[object, bool]:
@@ -280,4 +320,4 @@ def _input_record(spec: EncoderSpec) -> dict:
             f"trilinear from {spec.roi_spacing_mm} mm to {spec.input_spacing_mm} mm (z, y, x)"
         )
     size = "none" if spec.input_size is None else f"centre crop or zero pad to {spec.input_size}"
-    return {"resampling": resampling, "size": size, "normalisation": "none"}
+    return {"resampling": resampling, "size": size}
