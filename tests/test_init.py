@@ -182,3 +182,27 @@ def test_auxiliary_targets_name_a_missing_column(cohort, tmp_path):
         _train(cohort, tmp_path / "x", "ct",
                {"widths": WIDTHS, "aux_targets": {"features": ["sem_nothing"]}},
                ["--radiomics-features", str(features)])  # fmt: skip
+
+
+def test_a_medicalnet_checkpoint_starts_the_ct_encoder_of_a_trained_network(cohort, tmp_path):
+    """train.init file: a MedicalNet-layout ResNet-10 (random weights, written here) for the CT
+    encoder; the PET encoder has no file and starts from scratch."""
+    from monai.networks.nets import resnet10
+
+    torch.manual_seed(3)
+    net = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type="B",
+                   bias_downsample=False)  # fmt: skip
+    path = tmp_path / "resnet_10_23dataset.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
+    train = {"widths": WIDTHS, "init": "file", "encoder": "resnet10", "epochs": 1,
+             "encoder_layout": "medicalnet", "encoder_weights": {"ct": str(path)},
+             "freeze_encoder_epochs": -1}  # fmt: skip
+    out = tmp_path / "multistage"
+    summary = _train(cohort, out, "multistage", train)
+    assert list(summary["init"]["loaded"]) == ["ct"]
+    record = summary["init"]["loaded"]["ct"]["what"]
+    assert record["layout"] == "medicalnet" and record["prefix_stripped"] == "module."
+    assert summary["init"]["encoder"]["widths"] == [64, 128, 256, 512]
+    saved = torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    for key, value in net.state_dict().items():
+        assert torch.equal(saved[f"ct_branch.trunk.{key}"], value), key

@@ -34,10 +34,14 @@ def encoder_spec_from_config(config: dict):
     if init == "file":
         from lungfusion.models.encoder_weights import layout_spec
 
+        paths = [p for p in (train.get("encoder_weights") or {}).values() if p]
+        if not paths:
+            raise ValueError("train.init file: name a checkpoint in train.encoder_weights.ct/pet")
         return layout_spec(
             train.get("encoder_layout", "medicalnet"),
             arch,
             roi_spacing_mm=roi_spacing_zyx(config),
+            path=paths[0],  # a lungfusion encoder.pt holds its own architecture
         )
     return EncoderSpec(arch, widths=scaled_widths(train["widths"]))
 
@@ -87,7 +91,7 @@ def initialise_encoders(
             raise ValueError("train.init pretrain: the pretrain stage's folder was not given")
         states = {m: _pretrained_state(Path(pretrain_dir), m, fold, spec) for m in modalities}
     else:
-        states = _file_states(train, modalities, spec)
+        states = _file_states(train, modalities, spec, ct_window=config["roi"]["ct_window"])
     for key, module in encoders.items():
         record = load_encoder(module, key, states)
         if record is not None:
@@ -111,7 +115,7 @@ def _pretrained_state(pretrain_dir: Path, modality: str, fold: int, spec) -> dic
     return {"state_dict": payload["state_dict"], "source": str(path), "what": "pretrain stage"}
 
 
-def _file_states(train: dict, modalities: list[str], spec) -> dict:
+def _file_states(train: dict, modalities: list[str], spec, *, ct_window) -> dict:
     from lungfusion.models.encoder_weights import read_encoder_weights
 
     states = {}
@@ -120,7 +124,9 @@ def _file_states(train: dict, modalities: list[str], spec) -> dict:
         path = (train.get("encoder_weights") or {}).get(modality)
         if path is None:
             continue  # this modality's encoder starts from scratch
-        state, record = read_encoder_weights(path, layout=layout, spec=spec)
+        # an FMCIB CT stem is made to read the ROI's [0, 1] window as FMCIB's HU scaling
+        window = tuple(ct_window) if modality == "ct" else None
+        state, record = read_encoder_weights(path, layout=layout, spec=spec, ct_window=window)
         states[modality] = {"state_dict": state, "source": str(path), "what": record}
     return states
 
