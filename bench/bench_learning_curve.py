@@ -157,12 +157,16 @@ def train_size(folder: Path, config: dict, models: list[str]) -> dict[str, float
 # --- the report ----------------------------------------------------------------------------------
 
 
-def curve_row(folder: Path, model: str, n_folds: int, positive: str) -> dict | None:
+def curve_row(
+    folder: Path, model: str, n_folds: int, positive: str, *, oracle_path: Path | None = None
+) -> dict | None:
+    """Pooled out-of-fold AUROC of ``folder/train/model`` beside the image oracle (default:
+    ``folder/oracle.tsv``), with bootstrap intervals."""
     paths = sorted((folder / "train" / model).glob("fold*/predictions.tsv"))
     if len(paths) < n_folds:
         return None
     table = pd.concat([pd.read_csv(p, sep="\t", dtype={"patient_id": str}) for p in paths])
-    oracle = pd.read_csv(folder / "oracle.tsv", sep="\t", dtype={"patient_id": str})
+    oracle = pd.read_csv(oracle_path or folder / "oracle.tsv", sep="\t", dtype={"patient_id": str})
     merged = table.merge(oracle[["patient_id", "p_image"]], on="patient_id")
     y = (merged.label == positive).to_numpy()
     score, best = merged[f"prob_{positive}"].to_numpy(), merged.p_image.to_numpy()
