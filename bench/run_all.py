@@ -41,6 +41,10 @@ QUICK_ARGS = {
     "learning_curve": shlex.split(
         "--sizes 24 --folds 2 --epochs 1 --workdir bench/_work/learning_curve_quick"
     ),
+    "pretrain": shlex.split(
+        "--seeds 5 --n 24 --folds 2 --epochs 1 --pretrain-epochs 1 --models early"
+        " --curve-sizes --workdir bench/_work/pretrain_quick"
+    ),
     "quality": shlex.split(
         "--n 12 --preset tiny --folds 2 --epochs 1 --models ct pet"
         " --workdir bench/_work/quality_quick"
