@@ -3,6 +3,7 @@ reconstruction loss falls, that the saved encoder loads into the trunk, and the 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from lungfusion import cli
 from lungfusion.models.encoders import EncoderSpec, build_trunk
 from lungfusion.training import pretrain as pretrain_module
 from lungfusion.training.pretrain import pretrain_encoder, pretrain_patients
@@ -97,9 +99,18 @@ def test_the_reconstruction_loss_falls(cohort, tmp_path):
     assert summary["device"] == "cpu"
 
 
-def test_the_encoder_loads_into_the_trunk_strictly(cohort, tmp_path):
-    run_pretrain(cohort, tmp_path / "out", epochs=1)
-    checkpoint = torch.load(tmp_path / "out" / "encoder.pt", weights_only=False)
+def test_the_command_writes_an_encoder_that_loads_into_the_trunk_strictly(cohort, tmp_path):
+    out = tmp_path / "out"
+    params = {**CONFIG, "pretrain": {**CONFIG["pretrain"], "epochs": 1}}
+    paths = {
+        "--folds": cohort["folds_path"], "--cohort": cohort["cohort_path"],
+        "--roi-dir": cohort["roi_dir"], "--out-dir": out,
+    }  # fmt: skip
+    argv = ["--params", json.dumps(params), "pretrain", "--modality", "ct", "--fold", "0"]
+    argv += [str(part) for pair in paths.items() for part in pair] + ["--no-progress"]
+    assert cli.main(argv) == 0
+    assert {p.name for p in out.iterdir()} == {"encoder.pt", "history.tsv", "summary.json"}
+    checkpoint = torch.load(out / "encoder.pt", weights_only=False)
     spec = EncoderSpec.from_value(checkpoint["spec"])
     assert spec.arch == "resnet10" and spec.widths == (4, 8, 16, 32)
     trunk = build_trunk(spec, in_channels=1)
@@ -210,21 +221,44 @@ def dry_run(tmp_path: Path, init: str) -> str:
     return output
 
 
+def jobs(output: str, rule: str) -> list[dict]:
+    """The dry run's jobs of ``rule``: wildcards (dict), inputs (list) and shell command."""
+    found = []
+    for block in re.split(r"^rule ", output, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition(":\n")
+        if name != rule:
+            continue
+        fields = dict(re.findall(r"^\s*(input|wildcards|Shell command): (.*)$", body, re.MULTILINE))
+        wildcards = dict(w.split("=", 1) for w in fields.get("wildcards", "").split(", ") if w)
+        inputs = fields.get("input", "").split(", ")
+        found.append({"wildcards": wildcards, "input": inputs, "shell": fields["Shell command"]})
+    return found
+
+
 @pytest.mark.workflow
 def test_init_pretrain_schedules_one_pretrain_job_per_modality_and_fold(tmp_path):
     output = dry_run(tmp_path, "pretrain")
-    jobs = set(re.findall(r"results/pretrain/(ct|pet)/fold(\d+)/encoder\.pt", output))
-    assert jobs == {(m, f) for m in ("ct", "pet") for f in ("0", "1")}
-    assert re.search(r"^pretrain\s+4$", output, re.MULTILINE), output[-3000:]
-    # the train jobs take the encoders as input and are told where they are
-    commands = [line for line in output.splitlines() if " train --model" in line]
-    assert any("--model ct " in c and "--pretrain-dir results/pretrain" in c for c in commands)
-    assert any("--model early " in c and "--pretrain-dir results/pretrain" in c for c in commands)
-    assert not any("--model clinical " in c and "--pretrain-dir" in c for c in commands)
+    pretrain = jobs(output, "pretrain")
+    assert sorted((j["wildcards"]["modality"], j["wildcards"]["fold"]) for j in pretrain) == [
+        (m, f) for m in ("ct", "pet") for f in ("0", "1")
+    ]
+    assert all("results/splits/cohort.tsv" in j["input"] for j in pretrain)
+    # each network's train job takes the encoders of the modalities it reads, for its fold
+    # (the tiny config's fusion-depth grid cells and the integrator's pet submodel train too)
+    expected = {"ct": ["ct"], "pet": ["pet"], "early": ["ct", "pet"], "clinical": []}
+    train = jobs(output, "train")
+    assert {"ct", "early", "clinical"} <= {j["wildcards"]["model"] for j in train}
+    for job in train:
+        model, fold = job["wildcards"]["model"], job["wildcards"]["fold"]
+        modalities = expected.get(model, ["ct", "pet"])  # the grid cells are multistage
+        encoders = [p for p in job["input"] if p.startswith("results/pretrain/")]
+        assert encoders == [f"results/pretrain/{m}/fold{fold}/encoder.pt" for m in modalities]
+        assert ("--pretrain-dir results/pretrain " in job["shell"]) is bool(modalities)
 
 
 @pytest.mark.workflow
 def test_init_scratch_schedules_no_pretraining(tmp_path):
     output = dry_run(tmp_path, "scratch")
-    assert "results/pretrain/" not in output
-    assert "--pretrain-dir" not in output
+    assert not jobs(output, "pretrain")
+    assert jobs(output, "train")
+    assert "results/pretrain/" not in output and "--pretrain-dir" not in output

@@ -54,6 +54,7 @@ rule train:
         folds=f"{RESULTS}/splits/folds.tsv",
         sheet=SAMPLE_SHEET,
         rois=per_patient("{results}/roi/{pid}.json"),
+        encoders=pretrain_encoders,
     output:
         done=f"{RESULTS}/train/{{model}}/fold{{fold}}/summary.json",
     log:
@@ -72,10 +73,11 @@ rule train:
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         out_dir=lambda wc, output: Path(output.done).parent,
         aux=aux_targets_option,
+        pretrain=pretrain_option,
     shell:
         "python -m lungfusion --params {params.cfg:q} train --model {wildcards.model} --fold {wildcards.fold}"
         " --folds {input.folds:q} --roi-dir {params.roi_dir:q} --sample-sheet {input.sheet:q}"
-        " --out-dir {params.out_dir:q} {params.aux} --no-progress > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} {params.aux} {params.pretrain} --no-progress > {log:q} 2>&1"
 
 
 rule sfsa:
@@ -83,6 +85,7 @@ rule sfsa:
         folds=f"{RESULTS}/splits/folds.tsv",
         sheet=SAMPLE_SHEET,
         rois=per_patient("{results}/roi/{pid}.json"),
+        encoders=pretrain_encoders,
     output:
         best=f"{RESULTS}/sfsa/fold{{fold}}/best.json",
         done=f"{RESULTS}/train/sfsa/fold{{fold}}/summary.json",
@@ -102,11 +105,12 @@ rule sfsa:
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         out_dir=lambda wc, output: Path(output.best).parent,
         train_out_dir=lambda wc, output: Path(output.done).parent,
+        pretrain=pretrain_option,
     shell:
         "python -m lungfusion --params {params.cfg:q} sfsa --fold {wildcards.fold}"
         " --folds {input.folds:q} --roi-dir {params.roi_dir:q} --sample-sheet {input.sheet:q}"
-        " --out-dir {params.out_dir:q} --train-out-dir {params.train_out_dir:q} --no-progress"
-        " > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} --train-out-dir {params.train_out_dir:q} {params.pretrain}"
+        " --no-progress > {log:q} 2>&1"
 
 
 rule train_radiomics:
