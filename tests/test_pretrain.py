@@ -192,7 +192,9 @@ def test_pet_pretraining_reads_patients_with_pet_only(cohort):
 
 def dry_run(tmp_path: Path, init: str) -> str:
     config = yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text())
-    config["train"].update(init=init, encoder="resnet10", models=["ct", "early", "clinical"])
+    config["train"].update(
+        init=init, encoder="resnet10", models=["ct", "early", "clinical", "sfsa"]
+    )
     config_path = tmp_path / f"config_{init}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     result = subprocess.run(
@@ -254,11 +256,16 @@ def test_init_pretrain_schedules_one_pretrain_job_per_modality_and_fold(tmp_path
         encoders = [p for p in job["input"] if p.startswith("results/pretrain/")]
         assert encoders == [f"results/pretrain/{m}/fold{fold}/encoder.pt" for m in modalities]
         assert ("--pretrain-dir results/pretrain " in job["shell"]) is bool(modalities)
+    # the SFSA search trains MMTM candidates (CT and PET) from the same encoders
+    (search,) = [job for job in jobs(output, "sfsa") if job["wildcards"]["fold"] == "1"]
+    encoders = [p for p in search["input"] if p.startswith("results/pretrain/")]
+    assert encoders == [f"results/pretrain/{m}/fold1/encoder.pt" for m in ("ct", "pet")]
+    assert "--pretrain-dir results/pretrain " in search["shell"]
 
 
 @pytest.mark.workflow
 def test_init_scratch_schedules_no_pretraining(tmp_path):
     output = dry_run(tmp_path, "scratch")
     assert not jobs(output, "pretrain")
-    assert jobs(output, "train")
+    assert jobs(output, "train") and jobs(output, "sfsa")
     assert "results/pretrain/" not in output and "--pretrain-dir" not in output

@@ -155,6 +155,19 @@ def fold_outputs(models):
     )
 
 
+def aux_targets_input(wildcards):
+    """The radiomics table, when the networks learn auxiliary targets from it."""
+    if (config["train"].get("aux_targets") or {}).get("features"):
+        return {"features": f"{RESULTS}/radiomics/features.tsv"}
+    return {}
+
+
+def aux_targets_option(wildcards, input):
+    return (
+        f"--radiomics-features {input.features}" if "features" in input.keys() else ""
+    )
+
+
 def pretrain_params():
     """The pretrain section and the train keys that shape the encoder and pick the device."""
     train = {key: config["train"][key] for key in ("encoder", "widths", "device")}

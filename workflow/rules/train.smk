@@ -35,19 +35,6 @@ ruleorder: sfsa > train
 ruleorder: train_radiomics > train
 
 
-def aux_targets_input(wildcards):
-    """The radiomics table, when the networks learn auxiliary targets from it."""
-    if (config["train"].get("aux_targets") or {}).get("features"):
-        return {"features": f"{RESULTS}/radiomics/features.tsv"}
-    return {}
-
-
-def aux_targets_option(wildcards, input):
-    return (
-        f"--radiomics-features {input.features}" if "features" in input.keys() else ""
-    )
-
-
 rule train:
     input:
         unpack(aux_targets_input),
