@@ -120,6 +120,27 @@ def test_the_command_writes_an_encoder_that_loads_into_the_trunk_strictly(cohort
     assert checkpoint["objective"] == "masked"
 
 
+def test_the_stages_encoders_start_a_ct_pet_network(cohort, tmp_path):
+    """train.init pretrain reads what this stage wrote (same spec, same keys)."""
+    from lungfusion.models import build_model
+    from lungfusion.training.init import encoder_spec_from_config, initialise_encoders
+
+    for modality in ("ct", "pet"):
+        run_pretrain(
+            cohort, tmp_path / "pretrain" / modality / "fold0", modality=modality, epochs=1
+        )
+    config = {"train": {**CONFIG["train"], "init": "pretrain"}}
+    spec = encoder_spec_from_config(config)
+    model = build_model(
+        "late", n_classes=2, in_shape=SHAPE, widths=[4, 8, 16], encoder=spec.as_dict()
+    )
+    init = initialise_encoders(model, config=config, fold=0, pretrain_dir=tmp_path / "pretrain")
+    assert set(init.loaded) == {"ct", "pet"}
+    saved = torch.load(tmp_path / "pretrain/pet/fold0/encoder.pt", weights_only=False)
+    got = model.encoders()["pet"].state_dict()
+    assert all(torch.equal(got[k], v) for k, v in saved["state_dict"].items())
+
+
 def test_a_rerun_repeats_exactly(cohort, tmp_path):
     run_pretrain(cohort, tmp_path / "a", epochs=1)
     run_pretrain(cohort, tmp_path / "b", epochs=1)
