@@ -141,6 +141,13 @@ def test_the_stages_encoders_start_a_ct_pet_network(cohort, tmp_path):
     assert all(torch.equal(got[k], v) for k, v in saved["state_dict"].items())
 
 
+def test_without_validation_rois_the_last_epoch_is_kept(cohort, tmp_path):
+    summary = run_pretrain(cohort, tmp_path / "out", epochs=2, validation_fraction=0)
+    assert summary["n_validation"] == 0 and summary["best_epoch"] == 2
+    assert summary["final_val_loss"] is None
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["best_val_loss"] is None
+
+
 def test_a_rerun_repeats_exactly(cohort, tmp_path):
     run_pretrain(cohort, tmp_path / "a", epochs=1)
     run_pretrain(cohort, tmp_path / "b", epochs=1)

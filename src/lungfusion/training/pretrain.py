@@ -417,9 +417,9 @@ def pretrain_encoder(
         "spec": spec.as_dict(),
         "settings": settings,
         "best_epoch": best["epoch"],
-        "best_val_loss": best["val_loss"],
+        "best_val_loss": _finite_or_none(best["val_loss"]),
         "final_train_loss": history[-1]["train_loss"],
-        "final_val_loss": history[-1]["val_loss"],
+        "final_val_loss": _finite_or_none(history[-1]["val_loss"]),
         "device": device_description(device),
         "timings": {
             "loading_seconds": round(loading, 3),
@@ -430,6 +430,11 @@ def pretrain_encoder(
     }
     write_json_atomic(out_dir / "summary.json", summary)
     return summary
+
+
+def _finite_or_none(value: float) -> float | None:
+    """A loss for JSON: null where there was none (no validation ROIs)."""
+    return None if math.isnan(value) else value
 
 
 def _loader(dataset, batch_size: int, seed: int | None) -> DataLoader:
