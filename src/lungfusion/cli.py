@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "roi": ("roi", "crop, window and normalise the model-input tensors"),
     "radiomics": ("radiomics", "IBSI radiomics features of each patient's lesion in CT and PET"),
     "splits": ("splits", "make stratified cross-validation folds"),
+    "pretrain": ("pretrain", "self-supervised pretraining of one modality's encoder on one fold"),
     "train": ("train", "train one model on one fold"),
     "sfsa": ("sfsa", "sequential forward search of MMTM fusion positions on one fold"),
     "integrate": ("integrate", "late-fusion logistic / Cox integration of submodel scores"),

@@ -1,5 +1,6 @@
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -152,6 +153,50 @@ def fold_outputs(models):
     return expand(
         f"{RESULTS}/train/{{model}}/fold{{fold}}/summary.json", model=models, fold=FOLDS
     )
+
+
+def aux_targets_input(wildcards):
+    """The radiomics table, when the networks learn auxiliary targets from it."""
+    if (config["train"].get("aux_targets") or {}).get("features"):
+        return {"features": f"{RESULTS}/radiomics/features.tsv"}
+    return {}
+
+
+def aux_targets_option(wildcards, input):
+    return (
+        f"--radiomics-features {input.features}" if "features" in input.keys() else ""
+    )
+
+
+def pretrain_params():
+    """The pretrain section and the train keys that shape the encoder and pick the device."""
+    train = {key: config["train"][key] for key in ("encoder", "widths", "device")}
+    return json.dumps({"pretrain": config["pretrain"], "train": train}, sort_keys=True)
+
+
+def pretrain_encoders(wildcards):
+    """With train.init pretrain, the fold's encoder.pt of every modality the network reads
+    (none for the table models, which the train rule runs too; the sfsa rule's is mmtm).
+    """
+    from lungfusion.estimators import TABLE_MODELS
+
+    model = wildcards.get("model", "sfsa")
+    if config["train"]["init"] != "pretrain" or model in TABLE_MODELS:
+        return []
+    from lungfusion.models import required_modalities
+
+    modalities = sorted(required_modalities(model) & {"ct", "pet"})
+    return expand(
+        f"{RESULTS}/pretrain/{{modality}}/fold{wildcards.fold}/encoder.pt",
+        modality=modalities,
+    )
+
+
+def pretrain_option(wildcards, input):
+    """--pretrain-dir results/pretrain, from results/pretrain/{modality}/fold{k}/encoder.pt."""
+    if not input.encoders:
+        return ""
+    return f"--pretrain-dir {shlex.quote(str(Path(input.encoders[0]).parents[2]))}"
 
 
 def all_targets():

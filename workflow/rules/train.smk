@@ -35,25 +35,13 @@ ruleorder: sfsa > train
 ruleorder: train_radiomics > train
 
 
-def aux_targets_input(wildcards):
-    """The radiomics table, when the networks learn auxiliary targets from it."""
-    if (config["train"].get("aux_targets") or {}).get("features"):
-        return {"features": f"{RESULTS}/radiomics/features.tsv"}
-    return {}
-
-
-def aux_targets_option(wildcards, input):
-    return (
-        f"--radiomics-features {input.features}" if "features" in input.keys() else ""
-    )
-
-
 rule train:
     input:
         unpack(aux_targets_input),
         folds=f"{RESULTS}/splits/folds.tsv",
         sheet=SAMPLE_SHEET,
         rois=per_patient("{results}/roi/{pid}.json"),
+        encoders=pretrain_encoders,
     output:
         done=f"{RESULTS}/train/{{model}}/fold{{fold}}/summary.json",
     log:
@@ -72,10 +60,11 @@ rule train:
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         out_dir=lambda wc, output: Path(output.done).parent,
         aux=aux_targets_option,
+        pretrain=pretrain_option,
     shell:
         "python -m lungfusion --params {params.cfg:q} train --model {wildcards.model} --fold {wildcards.fold}"
         " --folds {input.folds:q} --roi-dir {params.roi_dir:q} --sample-sheet {input.sheet:q}"
-        " --out-dir {params.out_dir:q} {params.aux} --no-progress > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} {params.aux} {params.pretrain} --no-progress > {log:q} 2>&1"
 
 
 rule sfsa:
@@ -83,6 +72,7 @@ rule sfsa:
         folds=f"{RESULTS}/splits/folds.tsv",
         sheet=SAMPLE_SHEET,
         rois=per_patient("{results}/roi/{pid}.json"),
+        encoders=pretrain_encoders,
     output:
         best=f"{RESULTS}/sfsa/fold{{fold}}/best.json",
         done=f"{RESULTS}/train/sfsa/fold{{fold}}/summary.json",
@@ -102,11 +92,12 @@ rule sfsa:
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         out_dir=lambda wc, output: Path(output.best).parent,
         train_out_dir=lambda wc, output: Path(output.done).parent,
+        pretrain=pretrain_option,
     shell:
         "python -m lungfusion --params {params.cfg:q} sfsa --fold {wildcards.fold}"
         " --folds {input.folds:q} --roi-dir {params.roi_dir:q} --sample-sheet {input.sheet:q}"
-        " --out-dir {params.out_dir:q} --train-out-dir {params.train_out_dir:q} --no-progress"
-        " > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} --train-out-dir {params.train_out_dir:q} {params.pretrain}"
+        " --no-progress > {log:q} 2>&1"
 
 
 rule train_radiomics:
