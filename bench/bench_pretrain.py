@@ -35,6 +35,7 @@ import platform
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from bench_learning_curve import curve_row, lungfusion, run_config, write_cohort
 from bench_quality import fmt
@@ -188,9 +189,9 @@ def pretrain_losses(folder: Path) -> str:
     parts = []
     for path in sorted(folder.glob("pretrain/*/fold*/summary.json")):
         summary = json.loads(path.read_text())
-        losses = summary.get("losses") or {}
-        first, best = losses.get("first_train"), losses.get("best_val")
-        if first is not None and best is not None:
+        history = pd.read_csv(path.parent / "history.tsv", sep="\t")
+        first, best = history.train_loss.iloc[0], summary.get("best_val_loss")
+        if best is not None:
             parts.append(f"{path.parts[-3]} {path.parts[-2]}: {first:.4f} -> {best:.4f}")
     return "; ".join(parts)
 
