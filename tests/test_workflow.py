@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from lungfusion.models import required_modalities
 
@@ -288,3 +289,46 @@ def test_survival_task_end_to_end(tiny_run, tmp_path):
     harrell = table[table.metric == "c_harrell"].value.dropna()
     assert len(harrell) >= 4 and harrell.between(0, 1).all()
     assert (results / "report/figures/km.png").stat().st_size > 0
+
+
+def test_pretrained_starts_end_to_end(tiny_run, tmp_path):
+    """train.init pretrain with auxiliary targets: the pretrain jobs run per modality and fold on
+    the fold's training and validation patients only, and every network starts from them."""
+    workdir = tmp_path / "pretrain"
+    workdir.mkdir()
+    shutil.copytree(tiny_run.parent / "resources", workdir / "resources")
+    for stage in ("ingest", "register", "segment", "roi", "radiomics"):  # imaging only
+        shutil.copytree(tiny_run / stage, workdir / "results" / stage)
+    aux = ["sem_log_volume_ml", "sem_solid_fraction"]
+    config = yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text())
+    config["train"].update(
+        models=["early", "late", "semantic"], init="pretrain", encoder="resnet10",
+        freeze_encoder_epochs=1, aux_targets={"features": aux}, multistage={"grid": None},
+        sfsa_exhaustive=False,
+    )  # fmt: skip
+    config.update(robustness={"misalignment_mm": [], "drop_pet_fraction": []})
+    config.update(saliency={"enabled": False})
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", "config.yaml"]
+    result = subprocess.run([*command, "--cores", "2"], capture_output=True, text=True, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-6000:]
+    results = workdir / "results"
+    folds = pd.read_csv(results / "splits/folds.tsv", sep="\t", dtype={"patient_id": str})
+    for modality in ("ct", "pet"):
+        for fold in (0, 1):
+            folder = results / "pretrain" / modality / f"fold{fold}"
+            summary = json.loads((folder / "summary.json").read_text())
+            assert summary["transductive"] is False
+            seen = set(torch.load(folder / "encoder.pt", weights_only=False)["patients"])
+            part = folds[folds.fold == fold]
+            assert seen and not seen & set(part[part.role == "test"].patient_id)
+    for model, encoders in (("early", {"ct+pet"}), ("late", {"ct", "pet"})):
+        for fold in (0, 1):
+            summary = json.loads((results / f"train/{model}/fold{fold}/summary.json").read_text())
+            assert summary["init"]["mode"] == "pretrain"
+            assert set(summary["init"]["loaded"]) == encoders
+            assert summary["aux_targets"]["features"] == aux
+    networks = pd.read_csv(results / "report/tables/networks.csv", dtype=str)
+    assert set(networks.model) == {"early", "late"}
+    assert networks.initialisation.str.startswith("pretrain").all()
+    assert "never read a fold's test patients" in (results / "report/index.html").read_text()

@@ -189,7 +189,9 @@ class ReconstructionNet(nn.Module):
     are interpolated to that stage's size, joined with the stage's own output (U-Net skips, as
     Models Genesis), and mixed by one MONAI convolution block; a last upsampling to the input
     size and a 1x1x1 convolution give the restored volume. Each level has the stage's base
-    width (before a bottleneck's expansion), so the decoder stays small beside the encoder.
+    width (before a bottleneck's expansion), so the decoder stays small beside the encoder, and
+    its last 3x3x3 block works at the first stage's resolution: at the input's full resolution
+    it would cost more than the whole encoder.
     """
 
     def __init__(self, spec) -> None:
@@ -206,10 +208,8 @@ class ReconstructionNet(nn.Module):
                 Convolution(3, deeper + channels[level], base[level], kernel_size=3, norm="batch")
             )
             deeper = base[level]
-        self.head = nn.Sequential(
-            Convolution(3, deeper, base[0], kernel_size=3, norm="batch"),
-            Convolution(3, base[0], 1, kernel_size=1, conv_only=True),
-        )
+        self.refine = Convolution(3, deeper, base[0], kernel_size=3, norm="batch")
+        self.head = Convolution(3, base[0], 1, kernel_size=1, conv_only=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
@@ -220,7 +220,7 @@ class ReconstructionNet(nn.Module):
         for block, skip in zip(self.up, reversed(features[1:-1]), strict=True):
             y = F.interpolate(y, size=skip.shape[2:], mode="trilinear", align_corners=False)
             y = block(torch.cat([y, skip], dim=1))
-        y = F.interpolate(y, size=size, mode="trilinear", align_corners=False)
+        y = F.interpolate(self.refine(y), size=size, mode="trilinear", align_corners=False)
         return self.head(y)
 
 
