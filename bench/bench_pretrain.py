@@ -76,7 +76,7 @@ def base_config(args: argparse.Namespace, seed: int) -> dict:
     config = run_config(argparse.Namespace(folds=args.folds, epochs=args.epochs))
     config["synthetic"]["seed"] = seed
     config["train"]["encoder"] = args.encoder
-    config["pretrain"] = {"epochs": args.pretrain_epochs}
+    config["pretrain"] = {"epochs": args.pretrain_epochs, "batch_size": 8}
     return config
 
 

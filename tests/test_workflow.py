@@ -329,6 +329,6 @@ def test_pretrained_starts_end_to_end(tiny_run, tmp_path):
             assert set(summary["init"]["loaded"]) == encoders
             assert summary["aux_targets"]["features"] == aux
     networks = pd.read_csv(results / "report/tables/networks.csv", dtype=str)
-    assert set(networks.model) == {"early", "late"}
+    assert set(networks.model) == {"early", "late", "ct", "pet"}  # ct, pet: late fusion's
     assert networks.initialisation.str.startswith("pretrain").all()
     assert "never read a fold's test patients" in (results / "report/index.html").read_text()
