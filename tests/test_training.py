@@ -316,9 +316,11 @@ def test_pet_shift_moves_the_pet_alone_by_at_most_the_shift_in_mm(tmp_path):
     assert (lengths < 1e-6).sum() >= 15 and (lengths > 2.0).sum() >= 10  # half are shifted
     assert np.abs(np.asarray(moves)[:, 2]).max() > 1.0  # along z too, 2 mm voxels
     with pytest.raises(ValueError, match="spacing"):
-        RandPetShiftd(3.0, prob=1.0)({"ct": ct[None], "pet": pet[None], "path": "P2.npz"})
+        RandPetShiftd(shift_mm=3.0, prob=1.0)({"ct": ct[None], "pet": pet[None], "path": "P2"})
     with pytest.raises(ValueError, match="negative"):
         augmentation(pet_shift_mm=-1.0)
+    with pytest.raises(ValueError, match="shift_mm"):
+        RandPetShiftd(shift_mm=2.0, prob=1.5)
 
 
 def test_test_time_augmentation_is_invariant_and_used_for_predictions(cohort, tmp_path):

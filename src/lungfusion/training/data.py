@@ -66,7 +66,9 @@ class RandPetShiftd(RandomizableTransform, MapTransform):
     grid has its own) and MONAI's :class:`~monai.transforms.Affine` resamples the PET
     linearly, zeros where it leaves the box."""
 
-    def __init__(self, shift_mm: float, *, prob: float = 0.5, key: str = "pet") -> None:
+    def __init__(self, *, shift_mm: float, prob: float = 0.5, key: str = "pet") -> None:
+        if shift_mm < 0 or not 0 <= prob <= 1:
+            raise ValueError(f"shift_mm must be >= 0 and prob in [0, 1], got {shift_mm}, {prob}")
         MapTransform.__init__(self, keys=[key])
         RandomizableTransform.__init__(self, prob=prob)
         self.shift_mm, self.key = float(shift_mm), key
@@ -132,7 +134,7 @@ def augmentation(
     if pet_scale > 0:
         transforms.append(RandScaleIntensityd(keys=["pet"], factors=pet_scale, prob=0.5))
     if pet_shift_mm > 0:
-        transforms.append(RandPetShiftd(pet_shift_mm, prob=0.5))
+        transforms.append(RandPetShiftd(shift_mm=pet_shift_mm, prob=0.5))
     return transforms
 
 
