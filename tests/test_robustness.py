@@ -1,5 +1,6 @@
-"""Test-time robustness: the PET moves where the sweep says, withheld PET reaches the model as
-zeros, and the summary scores every level."""
+"""Test-time robustness: the PET moves where the sweep says, withheld PET reaches the networks
+as zeros and the late-fusion integrator as missing PET submodels, and the summary scores every
+level."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from lungfusion.robustness.perturb import (
     withheld,
     without_pet,
 )
-from lungfusion.robustness.score import levels, summarise
+from lungfusion.robustness.score import (
+    WITHHELD_AS,
+    levels,
+    run_robustness,
+    score_integrator,
+    summarise,
+)
+
+CLASSES = ["ADC", "SQC"]
 
 SPACING = (1.0, 1.0, 2.0)
 SIZE = (64, 64, 32)
@@ -132,3 +141,103 @@ def test_levels_and_summary_cover_every_perturbation():
     assert summary.loc[0, "auroc"] == 1.0 and (summary.n == 40).all()
     assert (summary.ci_low <= summary.auroc).all() and (summary.auroc <= summary.ci_high).all()
     assert summary.loc[1, "auroc"] < 0.9  # random scores at the 5 mm level
+
+
+@pytest.fixture()
+def integrated(tmp_path):
+    """The late-fusion integrator run on integration's synthetic submodel scores (ct, pet, and
+    the clinical submodel that integrate fits itself), its fold models saved."""
+    from test_integrate import _folds, _sheet, _write_model
+
+    from lungfusion.config import load_config
+    from lungfusion.evaluation.integrate import run_integration
+    from lungfusion.folds import read_folds
+
+    rng = np.random.default_rng(0)
+    sheet = _sheet(rng)
+    folds = _folds(sheet)
+    _write_model(tmp_path / "train", "ct", sheet, folds, rng)
+    no_pet = folds.patient_id[~folds.has_pet].unique()
+    _write_model(tmp_path / "train", "pet", sheet, folds, rng, skip=no_pet)
+    folds.to_csv(tmp_path / "folds.tsv", sep="\t", index=False)
+    sheet.to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    out = tmp_path / "integrate" / "late_logistic"
+    run_integration(
+        "late_logistic", train_dir=tmp_path / "train", folds_path=tmp_path / "folds.tsv",
+        sample_sheet=tmp_path / "clinical.tsv", out_dir=out, submodels=None,
+        config=load_config(None),
+    )  # fmt: skip
+    return {"dir": out, "train": tmp_path / "train", "folds": read_folds(tmp_path / "folds.tsv"),
+            "tmp": tmp_path}  # fmt: skip
+
+
+DROPS = {"misalignment_mm": [5], "rotation_deg": [], "drop_pet_fraction": [0, 0.5, 1], "seed": 2}
+
+
+def test_the_integrator_unperturbed_gives_its_own_out_of_fold_predictions(integrated):
+    scores = score_integrator(
+        integrated["dir"], train_dir=integrated["train"], folds=integrated["folds"],
+        settings=DROPS, classes=CLASSES,
+    )  # fmt: skip
+    assert set(scores.perturbation) == {"drop_pet"}  # a shift moves images, not scores
+    folds = integrated["folds"]
+    n_test = int(((folds.role == "test") & folds.has_pet).sum())
+    assert (scores.groupby("level").size() == n_test).all() and len(scores) == 3 * n_test
+    still = scores[scores.level == 0].set_index("patient_id")
+    own = pd.read_csv(integrated["dir"] / "predictions.tsv", sep="\t", dtype={"patient_id": str})
+    own = own.set_index("patient_id").loc[still.index]
+    np.testing.assert_allclose(still.prob_SQC, own.prob_SQC, atol=1e-6)
+    assert (still.fold == own.fold).all() and (still.label == own.label).all()
+    assert set(still.pattern) == {"ct+pet+clinical"} == set(own.pattern)
+    half = scores[scores.level == 0.5]
+    assert (half.pattern == "ct+clinical").sum() == sum(
+        len(withheld(list(part.patient_id), 0.5, seed=2)) for _, part in half.groupby("fold")
+    )
+
+
+def test_withholding_pet_hands_the_patient_to_the_no_pet_pattern_model(integrated):
+    """At fraction 1 every test patient is scored by its fold's ``ct+clinical`` integrator on
+    the CT and clinical submodels' scores alone, not by the ``ct+pet+clinical`` one."""
+    import joblib
+
+    from lungfusion.estimators.integrator import predict_integrator
+    from lungfusion.evaluation.integrate import fold_submodel_predictions, score_features
+
+    scores = score_integrator(
+        integrated["dir"], train_dir=integrated["train"], folds=integrated["folds"],
+        settings=DROPS, classes=CLASSES,
+    )  # fmt: skip
+    dropped = scores[scores.level == 1].set_index("patient_id")
+    kept = scores[scores.level == 0].set_index("patient_id").loc[dropped.index]
+    assert set(dropped.pattern) == {"ct+clinical"}
+    assert np.abs(dropped.prob_SQC - kept.prob_SQC).max() > 0.01
+    for fold, part in dropped.groupby("fold"):
+        saved = joblib.load(integrated["dir"] / f"fold{fold}" / "model.joblib")
+        no_pet = saved["patterns"]["ct+clinical"]
+        assert no_pet["model"] is not None and no_pet["columns"] == ["ct", "clinical"]
+        tables = fold_submodel_predictions(integrated["dir"], train_dir=integrated["train"],
+                                           fold=int(fold))  # fmt: skip
+        features = pd.concat(
+            [score_features(tables[s], submodel=s, task="classification", classes=CLASSES)
+             for s in ("ct", "clinical")], axis=1,
+        ).loc[part.index]  # fmt: skip
+        expected = predict_integrator(
+            no_pet["model"], features, kind="classification", classes=CLASSES
+        )
+        np.testing.assert_allclose(part.prob_SQC, expected.prob_SQC, atol=1e-9)
+
+
+def test_the_summary_lists_the_integrator_with_its_no_pet_note(integrated):
+    out = integrated["tmp"] / "robustness"
+    summary = run_robustness(
+        [], train_dir=integrated["train"], folds_path=integrated["tmp"] / "folds.tsv",
+        roi_dir=out, register_dir=out, segment_dir=out, out_dir=out, settings=DROPS,
+        roi_settings={}, evaluate_settings={"n_bootstrap": 20, "seed": 0, "ci": 0.95},
+        classes=CLASSES, device="cpu", integrator_dirs=[integrated["dir"]],
+    )  # fmt: skip
+    assert list(summary.model) == ["late_logistic"] * 3
+    assert list(summary.level) == [0.0, 0.5, 1.0]
+    assert set(summary.withheld_pet) == {WITHHELD_AS["integrator"]}
+    assert summary.auroc.iloc[0] > 0.8 and (summary.n == summary.n.iloc[0]).all()
+    written = pd.read_csv(out / "scores.tsv", sep="\t")
+    assert set(written.model) == {"late_logistic"} and len(written) == 3 * summary.n.iloc[0]

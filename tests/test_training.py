@@ -280,6 +280,49 @@ def test_rotate90_draws_all_eight_in_plane_symmetries_for_ct_and_pet_alike():
     assert (counts > 10).all(), counts  # each of the 8 about 25 times
 
 
+def test_pet_shift_moves_the_pet_alone_by_at_most_the_shift_in_mm(tmp_path):
+    """train.augment.pet_shift_mm: the PET hot spot's centre moves by up to the shift, in mm
+    through the ROI's own spacing (z voxels here are 2 mm), the CT stays; 0 adds nothing."""
+    from monai.transforms import Compose  # noqa: PLC0415
+    from scipy import ndimage  # noqa: PLC0415
+
+    from lungfusion.training.data import LoadRoid, RandPetShiftd, augmentation  # noqa: PLC0415
+
+    spacing = np.array([1.0, 1.0, 2.0])  # x, y, z mm
+    z, y, x = np.indices((16, 32, 32))
+    ball = np.sqrt(((z - 8) * 2.0) ** 2 + (y - 16) ** 2 + (x - 16) ** 2) <= 4.0
+    pet = np.where(ball, 0.9, 0.05).astype(np.float32)
+    ct = np.random.default_rng(0).uniform(0, 1, pet.shape).astype(np.float32)
+    np.savez(tmp_path / "P1.npz", ct=ct, pet=pet, has_pet=np.array(True), spacing=spacing)
+    sample = LoadRoid()({"path": str(tmp_path / "P1.npz")})
+    np.testing.assert_array_equal(sample["spacing"], spacing)
+
+    def centre_mm(image):
+        return np.asarray(ndimage.center_of_mass(image[0] - image.min()))[::-1] * spacing
+
+    none = dict(flip=False, rotate_deg=0, ct_shift_hu=0, pet_scale=0)
+    assert augmentation(**none, pet_shift_mm=0) == []
+    transform = Compose(augmentation(**none, pet_shift_mm=6.0))
+    assert [type(t) for t in transform.transforms] == [RandPetShiftd]
+    transform.set_random_state(seed=5)
+    moves = []
+    for _ in range(60):
+        out = transform(dict(sample))
+        np.testing.assert_array_equal(out["ct"], sample["ct"])
+        assert out["pet"].shape == sample["pet"].shape
+        moves.append(centre_mm(out["pet"]) - centre_mm(sample["pet"]))
+    lengths = np.linalg.norm(moves, axis=1)
+    assert lengths.max() <= 6.0 + 0.1  # linear resampling blurs the ball a little
+    assert (lengths < 1e-6).sum() >= 15 and (lengths > 2.0).sum() >= 10  # half are shifted
+    assert np.abs(np.asarray(moves)[:, 2]).max() > 1.0  # along z too, 2 mm voxels
+    with pytest.raises(ValueError, match="spacing"):
+        RandPetShiftd(shift_mm=3.0, prob=1.0)({"ct": ct[None], "pet": pet[None], "path": "P2"})
+    with pytest.raises(ValueError, match="negative"):
+        augmentation(pet_shift_mm=-1.0)
+    with pytest.raises(ValueError, match="shift_mm"):
+        RandPetShiftd(shift_mm=2.0, prob=1.5)
+
+
 def test_test_time_augmentation_is_invariant_and_used_for_predictions(cohort, tmp_path):
     from lungfusion.training.engine import symmetric_logits  # noqa: PLC0415
 

@@ -141,7 +141,16 @@ def test_robustness_scores_every_image_fusion_network_at_every_level(tiny_run):
     folds = pd.read_csv(tiny_run / "splits/folds.tsv", sep="\t", dtype={"patient_id": str})
     n_test = int((folds.role == "test")[folds.has_pet].sum())
     networks = {"early", "late", "single_stage", "multistage", "mmtm", "sfsa"}
-    assert set(summary.model) == networks
+    assert set(summary.model) == networks | {"late_logistic"}
+    integrator = summary[summary.model == "late_logistic"]
+    assert list(integrator.level) == [0.0, 1.0] and set(integrator.perturbation) == {"drop_pet"}
+    assert integrator.withheld_pet.str.contains("no-PET pattern").all()
+    own = pd.read_csv(tiny_run / "integrate/late_logistic/predictions.tsv", sep="\t",
+                      dtype={"patient_id": str}).set_index("patient_id")  # fmt: skip
+    still = scores[(scores.model == "late_logistic") & (scores.level == 0)]
+    expected = own.loc[still.patient_id, "prob_SQC"].to_numpy()
+    np.testing.assert_allclose(still.prob_SQC.to_numpy(), expected, atol=1e-6)
+    scores = scores[scores.model != "late_logistic"]
     for model in networks:
         rows = summary[summary.model == model]
         assert list(zip(rows.perturbation, rows.level, strict=True)) == [

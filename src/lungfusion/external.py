@@ -27,10 +27,7 @@ import pandas as pd
 from lungfusion.artifacts import write_json_atomic
 from lungfusion.evaluation.evaluate import evaluate_models, evaluate_settings
 from lungfusion.evaluation.integrate import (
-    INTEGRATORS,
-    apply_fold_integrators,
-    masked_features,
-    modality_flag,
+    fold_integrator_scores,
     predictions_layout,
 )
 from lungfusion.evaluation.tables import write_tsv
@@ -108,7 +105,7 @@ def fold_table(records: dict[str, dict], fold: str | None) -> pd.DataFrame:
 
 def score_integrator(
     integrator_dir: Path, records: dict[str, dict], flags: pd.DataFrame, *, train_dir: Path,
-    kind: str, classes: list[str],
+    classes: list[str],
 ) -> dict[str, dict]:  # fmt: skip
     """The late-fusion integrator's record per patient: fold k's saved integrators applied to
     the submodels' fold-k scores (masked by the modality each needs, as in integration), then
@@ -117,21 +114,15 @@ def score_integrator(
 
     per_fold: dict[str, pd.DataFrame] = {}
     for path in sorted(integrator_dir.glob("fold*/model.joblib")):
-        fold, saved = path.parent.name, joblib.load(path)
-        features = [
-            masked_features(
-                fold_table(scored, fold),
-                flags,
-                submodel=name,
-                flag=modality_flag(name, train_dir / name / fold),
-                kind=kind,
-                classes=classes,
-            )
+        fold = path.parent.name
+        tables = {
+            name: fold_table(scored, fold)
             for name, scored in records.items()
             if any("skipped" not in r for r in scored.values())
-        ]
-        joined = pd.concat(features, axis=1).reindex(flags.index)
-        per_fold[fold] = apply_fold_integrators(saved, joined, kind=kind, classes=classes)
+        }
+        per_fold[fold] = fold_integrator_scores(
+            joblib.load(path), tables, flags, train_dir=train_dir, fold=fold, classes=classes
+        )
     if not per_fold:
         raise FileNotFoundError(f"no fold*/model.joblib under {integrator_dir}: rerun integrate")
     result = {}
@@ -182,9 +173,8 @@ def run_external(
     submodels = {n: r for n, r in records.items() if n in config["integrate"]["submodels"]}
     flags = rois[["has_pet"]].assign(has_ct=True)
     records[integrator] = score_integrator(
-        integrator_dir, submodels, flags, train_dir=train_dir,
-        kind=INTEGRATORS[integrator], classes=classes,
-    )  # fmt: skip
+        integrator_dir, submodels, flags, train_dir=train_dir, classes=classes
+    )
     written = write_predictions(records, sheet, out_dir / "predictions", task=task)
     return evaluate_models(
         [str(path) for path in written], out_dir / "metrics", task=task, classes=classes,

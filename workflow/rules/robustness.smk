@@ -1,4 +1,5 @@
-# Test-time robustness (a misaligned or withheld PET) and saliency of the CT+PET networks (both off by default).
+# Test-time robustness (a misaligned or withheld PET) of the CT+PET networks and, with PET
+# withheld, of the late-fusion integrator; saliency of the networks (both off by default).
 
 
 rule robustness:
@@ -8,6 +9,11 @@ rule robustness:
         rois=per_patient("{results}/roi/{pid}.json"),
         registers=per_patient("{results}/register/{pid}/register.json"),
         segments=per_patient("{results}/segment/{pid}/segment.json"),
+        # the integrator's fold models score the withheld-PET levels with its no-PET pattern
+        integrator=f"{RESULTS}/integrate/{INTEGRATOR}/summary.json",
+        integrator_models=expand(
+            f"{RESULTS}/integrate/{INTEGRATOR}/fold{{fold}}/model.joblib", fold=FOLDS
+        ),
     output:
         scores=f"{RESULTS}/robustness/scores.tsv",
         summary=f"{RESULTS}/robustness/summary.tsv",
@@ -31,10 +37,12 @@ rule robustness:
         register_dir=lambda wc, input: Path(input.registers[0]).parents[1],
         segment_dir=lambda wc, input: Path(input.segments[0]).parents[1],
         out_dir=lambda wc, output: Path(output.summary).parent,
+        integrator_dir=lambda wc, input: Path(input.integrator).parent,
     shell:
         "python -m lungfusion --params {params.cfg:q} robustness --models {params.models}"
         " --train-dir {params.train_dir:q} --folds {input.folds:q} --roi-dir {params.roi_dir:q}"
         " --register-dir {params.register_dir:q} --segment-dir {params.segment_dir:q}"
+        " --integrator-dirs {params.integrator_dir:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 

@@ -1,6 +1,6 @@
 """``lungfusion robustness``: every trained CT+PET network scored on its test patients with the
 PET misaligned (``robustness.misalignment_mm``, ``rotation_deg``) or withheld
-(``drop_pet_fraction``); see :func:`lungfusion.robustness.score.run_robustness`."""
+(``drop_pet_fraction``, where the late-fusion integrators are scored too); see :func:`lungfusion.robustness.score.run_robustness`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--register-dir", required=True, type=Path, help="results/register")
     parser.add_argument("--segment-dir", required=True, type=Path, help="results/segment")
     parser.add_argument("--out-dir", required=True, type=Path, help="results/robustness")
+    parser.add_argument(
+        "--integrator-dirs", nargs="*", type=Path, default=[],
+        help="late-fusion integrators scored at the drop_pet levels (results/integrate/{name})",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace, config: dict) -> int:
@@ -40,5 +44,6 @@ def run(args: argparse.Namespace, config: dict) -> int:
         evaluate_settings=section_with_defaults(config, "evaluate"),
         classes=list(config["cohort"]["classes"]),
         device=str(resolve_device(section_with_defaults(config, "train")["device"])),
+        integrator_dirs=args.integrator_dirs,
     )
     return 0

@@ -537,6 +537,52 @@ def apply_fold_integrators(
     return pd.concat(parts) if parts else pd.DataFrame(columns=["pattern"])
 
 
+def fold_integrator_scores(
+    saved: dict, tables: dict[str, pd.DataFrame], flags: pd.DataFrame, *, train_dir: Path,
+    fold: str, classes: list[str],
+) -> pd.DataFrame:  # fmt: skip
+    """One fold's saved integrators (``fold`` as ``fold0``...) on its submodels' scores of new
+    or perturbed patients: ``tables`` (per submodel, ``patient_id`` and ``prob_<class>...`` or
+    ``risk``) masked by the modality flag each submodel needs in ``flags`` (indexed by
+    patient_id, as in integration), so a patient whose ``has_pet`` is false is scored by the
+    pattern model without the PET-reading submodels. Indexed by ``flags``' patients, with
+    ``pattern``; external validation and the robustness sweep both score through it."""
+    kind = saved["kind"]
+    features = [
+        masked_features(
+            table,
+            flags,
+            submodel=name,
+            flag=modality_flag(name, train_dir / name / fold),
+            kind=kind,
+            classes=classes,
+        )
+        for name, table in tables.items()
+    ]
+    joined = pd.concat(features, axis=1).reindex(flags.index)
+    return apply_fold_integrators(saved, joined, kind=kind, classes=classes)
+
+
+def fold_submodel_predictions(
+    integrator_dir: Path, *, train_dir: Path, fold: int
+) -> dict[str, pd.DataFrame]:
+    """The test predictions of fold ``fold`` that the integrator in ``integrator_dir``
+    combined, per submodel it used in that fold (its ``summary.json``): the training engine's
+    ``train_dir/{submodel}/fold{k}/predictions.tsv``, or the clinical submodel's that
+    ``integrate`` fit itself (``submodels/clinical_logistic/fold{k}/``). Nothing is fit."""
+    summary = json.loads((integrator_dir / "summary.json").read_text())
+    record = next(r for r in summary["folds"] if r["fold"] == fold)
+    tables = {}
+    for submodel, source in record["submodel_sources"].items():
+        folder = (
+            integrator_dir / "submodels" / CLINICAL_NAMES[summary["name"]] / f"fold{fold}"
+            if source.startswith("fit here")
+            else train_dir / submodel / f"fold{fold}"
+        )
+        tables[submodel] = _read_tsv(folder / "predictions.tsv")
+    return tables
+
+
 def predictions_layout(
     scored: pd.DataFrame, sheet: pd.DataFrame, fold: int, task: str
 ) -> pd.DataFrame:

@@ -234,8 +234,9 @@ def build_report(
     if robustness is not None:
         written.figures["robustness"] = (
             figures.robustness_figure(robustness, fig_dir / "robustness.png"),
-            "Test-time robustness of the CT+PET networks: AUROC (bootstrap interval shaded) "
-            "with the PET moved or withheld (the robustness section).",
+            "Test-time robustness of the CT+PET networks, and with PET withheld of the "
+            "late-fusion integrator (its no-PET pattern model): AUROC (bootstrap interval "
+            "shaded) with the PET moved or withheld (the robustness section).",
         )
     _sfsa_exhaustive(results, out_dir, written, plain)
     entries = cohort_lib.qc_entries(results, patients)[: int(settings["max_gallery"])]
@@ -356,14 +357,17 @@ def _robustness(results: Path, out_dir: Path, written, plain: dict) -> pd.DataFr
     frame = summary.assign(
         auroc=[f"{v:.3f} ({lo:.3f}-{hi:.3f})" for v, lo, hi in
                zip(summary.auroc, summary.ci_low, summary.ci_high, strict=True)]
-    )[["model", "perturbation", "level", "n", "auroc"]]  # fmt: skip
+    )[["model", "perturbation", "level", "n", "auroc", "withheld_pet"]]  # fmt: skip
     plain["robustness"] = (
         frame,
         "Robustness to a misaligned or missing PET",
         "Each fold's CT+PET network scored on its own test patients with the registered PET "
         "moved rigidly (shift_mm along a direction drawn per patient; rotation_deg about a random "
         "axis through the ROI centre) or withheld (drop_pet: that share of the test patients "
-        "gets a zero PET and has_pet false); pooled AUROC with its bootstrap interval.",
+        "gets a zero PET and has_pet false); pooled AUROC with its bootstrap interval. The "
+        "late-fusion integrator is scored at the drop_pet levels only, on the same withheld "
+        "patients: their PET-reading submodels count as missing, so each fold's no-PET pattern "
+        "model scores them (withheld_pet says how each row's model received the missing PET).",
     )
     written.tables["robustness"] = _write_table_files(
         out_dir / "tables" / "robustness", frame,

@@ -5,8 +5,10 @@ Writes nothing itself; :func:`score_model` returns the predictions table
 (``patient_id, fold, label, perturbation, level, prob_<class>...``) that
 ``lungfusion robustness`` writes and :func:`summarise` turns into AUROC with bootstrap intervals
 per model, perturbation and level. A withheld PET reaches a network as zeros with
-``has_pet`` false (the input a CT-only patient gives), not as a learned token.
-Imports torch.
+``has_pet`` false (the input a CT-only patient gives), not as a learned token. The late-fusion
+integrators are scored at the ``drop_pet`` levels too (:func:`score_integrator`): there a
+withheld PET means the PET-reading submodels' scores are missing, so each fold's integrator
+for the pattern without them scores the patient. Imports torch (the networks).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from lungfusion.robustness.perturb import misaligned_roi, read_roi_sidecar, with
 
 log = logging.getLogger(__name__)
 PERTURBATIONS = ("shift_mm", "rotation_deg", "drop_pet")
+# how a withheld PET reaches each kind of model (the summary's and the report's note)
+WITHHELD_AS = {
+    "network": "zero PET, has_pet false",
+    "integrator": "no-PET pattern model (PET-reading submodels missing)",
+}
 
 
 def levels(settings: dict) -> list[tuple[str, float]]:
@@ -108,6 +115,45 @@ def score_model(
     return pd.DataFrame(rows)
 
 
+def score_integrator(
+    integrator_dir: Path, *, train_dir: Path, folds: pd.DataFrame, settings: dict,
+    classes: list[str],
+) -> pd.DataFrame:  # fmt: skip
+    """Each fold's saved late-fusion integrators on its test patients with PET at every
+    ``drop_pet`` level, the same patients withheld as for the networks: a withheld patient's
+    PET-reading submodels count as missing, so the fold's no-PET pattern model (or the mean of
+    the remaining scores, where the fold had none) scores it. The submodels' own test scores
+    are reused, nothing is fit; the misalignment levels do not apply (the integrator reads
+    scores, not images). Same columns as :func:`score_model`, plus ``pattern``."""
+    import joblib
+
+    from lungfusion.evaluation.integrate import fold_integrator_scores, fold_submodel_predictions
+
+    drops = [level for perturbation, level in levels(settings) if perturbation == "drop_pet"]
+    rows = []
+    for fold in sorted(folds["fold"].unique()) if drops else []:
+        saved = joblib.load(integrator_dir / f"fold{fold}" / "model.joblib")
+        tables = fold_submodel_predictions(integrator_dir, train_dir=train_dir, fold=int(fold))
+        test = folds[(folds.fold == fold) & (folds.role == "test") & folds.has_pet]
+        patients = test["patient_id"].tolist()
+        for level in drops:
+            dropped = withheld(patients, level, seed=settings["seed"])
+            flags = test.set_index("patient_id")[["has_ct", "has_pet"]]
+            flags = flags.assign(has_pet=~flags.index.isin(dropped))
+            scored = fold_integrator_scores(
+                saved, tables, flags, train_dir=train_dir, fold=f"fold{fold}", classes=classes
+            )
+            labels = test.set_index("patient_id").loc[scored.index, "label"]
+            rows.append(
+                scored.assign(
+                    fold=int(fold), label=labels, perturbation="drop_pet", level=level
+                ).rename_axis("patient_id").reset_index()
+            )  # fmt: skip
+    columns = ["patient_id", "fold", "label", "perturbation", "level",
+               *[f"prob_{c}" for c in classes], "pattern"]  # fmt: skip
+    return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
+
+
 def _perturbed(
     patient, perturbation, level, dropped, roi_dir, register_dir, segment_dir, settings, windows
 ) -> dict:
@@ -181,32 +227,51 @@ def run_robustness(
     evaluate_settings: dict,
     classes: list[str],
     device: str,
+    integrator_dirs: list[Path] = (),
 ) -> pd.DataFrame:
-    """Score every image CT+PET network of ``models`` at every level; write ``scores.tsv``
-    (per patient) and, last, ``summary.tsv`` (AUROC with intervals) under ``out_dir``."""
+    """Score every image CT+PET network of ``models`` at every level, and each late-fusion
+    integrator of ``integrator_dirs`` (``results/integrate/{name}``) at the ``drop_pet``
+    levels; write ``scores.tsv`` (per patient) and, last, ``summary.tsv`` (AUROC with
+    intervals, and how a withheld PET reaches the model) under ``out_dir``."""
     from lungfusion.evaluation.tables import write_tsv
     from lungfusion.folds import read_folds
 
     folds = read_folds(folds_path)
-    scores, summaries = [], []
-    for name in image_fusion_networks(models):
-        table = score_model(
-            name, train_dir=train_dir, folds=folds, roi_dir=roi_dir, register_dir=register_dir,
-            segment_dir=segment_dir, settings=settings, roi_settings=roi_settings,
-            classes=classes, device=device,
+    tables = {
+        name: score_model(
+            name,
+            train_dir=train_dir,
+            folds=folds,
+            roi_dir=roi_dir,
+            register_dir=register_dir,
+            segment_dir=segment_dir,
+            settings=settings,
+            roi_settings=roi_settings,
+            classes=classes,
+            device=device,
         )  # fmt: skip
-        scores.append(table.assign(model=name))
-        summaries.append(
-            summarise(
-                table,
-                model=name,
-                classes=classes,
-                n_bootstrap=int(evaluate_settings["n_bootstrap"]),
-                seed=int(evaluate_settings["seed"]),
-                ci=float(evaluate_settings["ci"]),
-            )  # fmt: skip
+        for name in image_fusion_networks(models)
+    }
+    for folder in map(Path, integrator_dirs):
+        tables[folder.name] = score_integrator(
+            folder, train_dir=train_dir, folds=folds, settings=settings, classes=classes
         )
-    columns = ["model", "perturbation", "level", "n", "auroc", "ci_low", "ci_high"]
+    scores, summaries = [], []
+    for name, table in tables.items():
+        if table.empty:
+            continue
+        scores.append(table.assign(model=name))
+        summary = summarise(
+            table,
+            model=name,
+            classes=classes,
+            n_bootstrap=int(evaluate_settings["n_bootstrap"]),
+            seed=int(evaluate_settings["seed"]),
+            ci=float(evaluate_settings["ci"]),
+        )
+        withheld_as = WITHHELD_AS["integrator" if "pattern" in table else "network"]
+        summaries.append(summary.assign(withheld_pet=withheld_as))
+    columns = ["model", "perturbation", "level", "n", "auroc", "ci_low", "ci_high", "withheld_pet"]
     summary = (
         pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame(columns=columns)
     )

@@ -2,7 +2,8 @@
 
 Each record names one patient's ``results/roi/{pid}.npz`` plus its target. ``LoadRoid`` reads
 the file into channel-first arrays; ``CacheDataset`` keeps those in memory, and only the random
-transforms (flip, small rotation, intensity jitter) run again each epoch.
+transforms (flip, small rotation, intensity jitter, optionally a PET-only shift) run again
+each epoch.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import numpy as np
 import pandas as pd
 from monai.data import CacheDataset
 from monai.transforms import (
+    Affine,
     Compose,
     EnsureTyped,
     MapTransform,
     RandFlipd,
+    RandomizableTransform,
     RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
@@ -30,7 +33,9 @@ IMAGE_KEYS = ("ct", "pet")
 
 class LoadRoid(MapTransform):
     """Read ``data["path"]`` (an ROI npz) into ``ct`` and ``pet`` of shape (1, z, y, x) and
-    ``has_pet``; PET is zeros where the patient has none."""
+    ``has_pet``; PET is zeros where the patient has none. ``spacing`` (the ROI grid's voxel
+    size in mm, x y z) comes along where the file holds it: :class:`RandPetShiftd` converts
+    millimetres to voxels with it."""
 
     def __init__(self, path_key: str = "path") -> None:
         super().__init__(keys=[path_key])
@@ -42,12 +47,52 @@ class LoadRoid(MapTransform):
             ct = roi["ct"].astype(np.float32)
             pet = roi["pet"].astype(np.float32) if "pet" in roi else np.zeros_like(ct)
             has_pet = bool(roi["has_pet"]) if "has_pet" in roi else bool(pet.any())
+            if "spacing" in roi:
+                out["spacing"] = roi["spacing"].astype(np.float64)
         if ct.ndim != 3 or pet.shape != ct.shape:
             raise ValueError(
                 f"{out[self.path_key]}: expected ct and pet of the same 3D shape, "
                 f"got {ct.shape} and {pet.shape}"
             )
         out["ct"], out["pet"], out["has_pet"] = ct[None], pet[None], np.bool_(has_pet)
+        return out
+
+
+class RandPetShiftd(RandomizableTransform, MapTransform):
+    """Move the PET alone (not the CT) rigidly by up to ``shift_mm`` millimetres in a random
+    direction, with probability ``prob``: the misalignment the robustness sweep tests, as a
+    training augmentation. The direction is uniform on the sphere and the length uniform in
+    ``[0, shift_mm]``; it becomes voxels through the sample's ``spacing`` (each patient's ROI
+    grid has its own) and MONAI's :class:`~monai.transforms.Affine` resamples the PET
+    linearly, zeros where it leaves the box."""
+
+    def __init__(self, *, shift_mm: float, prob: float = 0.5, key: str = "pet") -> None:
+        if shift_mm < 0 or not 0 <= prob <= 1:
+            raise ValueError(f"shift_mm must be >= 0 and prob in [0, 1], got {shift_mm}, {prob}")
+        MapTransform.__init__(self, keys=[key])
+        RandomizableTransform.__init__(self, prob=prob)
+        self.shift_mm, self.key = float(shift_mm), key
+        self._offset_mm = np.zeros(3)  # x, y, z
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        direction = self.R.normal(size=3)
+        length = self.R.uniform(0.0, self.shift_mm)
+        self._offset_mm = direction / max(np.linalg.norm(direction), 1e-12) * length
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        out = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return out
+        if "spacing" not in out:
+            raise ValueError(
+                f"train.augment.pet_shift_mm needs the ROI's spacing, absent from {out.get('path')}"
+            )
+        voxels_zyx = (self._offset_mm / np.asarray(out["spacing"], dtype=float))[::-1]
+        # Affine's translation maps the output grid into the input: the content moves by -t
+        shift = Affine(translate_params=tuple(-voxels_zyx), padding_mode="zeros", image_only=True)
+        out[self.key] = np.asarray(shift(out[self.key]), dtype=np.float32)
         return out
 
 
@@ -58,6 +103,7 @@ def augmentation(
     rotate_deg: float = 10.0,
     ct_shift_hu: float = 20.0,
     pet_scale: float = 0.1,
+    pet_shift_mm: float = 0.0,
     ct_window: Sequence[float] = (-1024.0, 1024.0),
 ) -> list:
     """The random transforms; flips and rotations are the same for CT and PET so they stay
@@ -67,9 +113,10 @@ def augmentation(
     factor within ``1 +- pet_scale`` (its window starts at 0, so this is a scale of the SUV).
     ``rotate90`` turns the slices by a random multiple of 90 degrees: with the mirror, any of
     the eight in-plane symmetries of the square ROI, for tumour-centred boxes whose class does
-    not depend on the orientation."""
-    if rotate_deg < 0 or ct_shift_hu < 0 or pet_scale < 0:
-        raise ValueError("rotate_deg, ct_shift_hu and pet_scale must not be negative")
+    not depend on the orientation. ``pet_shift_mm`` (0: off) moves the PET alone against the
+    CT (:class:`RandPetShiftd`), so a network learns to tolerate a residual misregistration."""
+    if rotate_deg < 0 or ct_shift_hu < 0 or pet_scale < 0 or pet_shift_mm < 0:
+        raise ValueError("rotate_deg, ct_shift_hu, pet_scale and pet_shift_mm must not be negative")
     keys = list(IMAGE_KEYS)
     transforms: list = []
     if flip:  # left-right mirror (x is the last axis)
@@ -86,6 +133,8 @@ def augmentation(
         transforms.append(RandShiftIntensityd(keys=["ct"], offsets=ct_shift_hu / width, prob=0.5))
     if pet_scale > 0:
         transforms.append(RandScaleIntensityd(keys=["pet"], factors=pet_scale, prob=0.5))
+    if pet_shift_mm > 0:
+        transforms.append(RandPetShiftd(shift_mm=pet_shift_mm, prob=0.5))
     return transforms
 
 
