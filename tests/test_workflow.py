@@ -340,4 +340,6 @@ def test_pretrained_starts_end_to_end(tiny_run, tmp_path):
     networks = pd.read_csv(results / "report/tables/networks.csv", dtype=str)
     assert set(networks.model) == {"early", "late", "ct", "pet"}  # ct, pet: late fusion's
     assert networks.initialisation.str.startswith("pretrain").all()
-    assert "never read a fold's test patients" in (results / "report/index.html").read_text()
+    assert (
+        "Pretraining, where used, never read a fold" in (results / "report/index.html").read_text()
+    )
