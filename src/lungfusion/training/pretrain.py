@@ -231,48 +231,33 @@ def corruption(settings: dict, shape: Sequence[int], modality: str) -> list:
     """The random transforms: flips of input and target together, then the input's copy
     (``image``) corrupted by shuffled and noise-filled cubes sized as shares of ``shape``."""
 
-    def sides(fractions: Sequence[float]) -> tuple[list[int], list[int]]:
-        low, high = (
-            [max(1, round(f * n)) for n in shape] for f in (min(fractions), max(fractions))
-        )
-        return low, high
-
     transforms: list = []
     if settings["flip"]:
         transforms += [RandFlipd(keys=[modality], prob=0.5, spatial_axis=axis) for axis in range(3)]
     transforms.append(CopyItemsd(keys=[modality], times=1, names=[INPUT_KEY]))
-    shuffle = settings["shuffle"]
+    shuffle, mask = settings["shuffle"], settings["mask"]
     if shuffle["prob"] > 0:
-        low, high = sides(shuffle["size_fraction"])
-        transforms.append(
-            RandCoarseShuffled(
-                keys=[INPUT_KEY],
-                holes=shuffle["holes"],
-                max_holes=_most(shuffle),
-                spatial_size=low,
-                max_spatial_size=high,
-                prob=shuffle["prob"],
-            )  # fmt: skip
-        )
-    mask = settings["mask"]
+        transforms.append(_cubes(RandCoarseShuffled, shuffle, shape))
     if mask["prob"] > 0:
-        low, high = sides(mask["size_fraction"])
-        transforms.append(
-            RandCoarseDropoutd(
-                keys=[INPUT_KEY],
-                holes=mask["holes"],
-                max_holes=_most(mask),
-                spatial_size=low,
-                max_spatial_size=high,
-                fill_value=(0.0, 1.0) if mask["fill"] == "noise" else 0.0,
-                prob=mask["prob"],
-            )  # fmt: skip
-        )
+        fill = (0.0, 1.0) if mask["fill"] == "noise" else 0.0
+        transforms.append(_cubes(RandCoarseDropoutd, mask, shape, fill_value=fill))
     return transforms
 
 
-def _most(section: dict) -> int:
-    return max(section["holes"], section["max_holes"])
+def _cubes(transform, section: dict, shape: Sequence[int], **extra):
+    """A MONAI coarse transform on the input copy, its cubes' sides the section's
+    ``size_fraction`` shares of ``shape``."""
+    fractions = section["size_fraction"]
+    low, high = ([max(1, round(f * n)) for n in shape] for f in (min(fractions), max(fractions)))
+    return transform(
+        keys=[INPUT_KEY],
+        holes=section["holes"],
+        max_holes=max(section["holes"], section["max_holes"]),
+        spatial_size=low,
+        max_spatial_size=high,
+        prob=section["prob"],
+        **extra,
+    )
 
 
 def pretrain_dataset(
