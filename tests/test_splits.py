@@ -40,6 +40,31 @@ def test_folds_are_stratified():
     assert val_positives.min() >= 1
 
 
+def test_patients_without_pet_are_spread_over_every_split():
+    # 8 of 40 without PET, all of them ADC: by class alone a validation split of 6 can miss
+    # the PET patients' share; crossed with PET availability each split holds its share
+    patients = _patients(40)
+    patients["has_pet"] = [i % 10 >= 3 or i % 4 == 0 for i in range(40)]
+    folds = make_folds(patients, n_folds=4, validation_fraction=0.25, seed=3)
+    by_role = folds.groupby(["fold", "role"])
+    no_pet_tested = by_role.has_pet.apply(lambda s: int((~s).sum())).xs("test", level="role")
+    assert set(no_pet_tested) == {2}  # 8 over 4 folds
+    for (fold, role), part in by_role:
+        pet_adc = int((part.has_pet & (part.label == "ADC")).sum())
+        assert pet_adc >= 1, (fold, role)
+        assert (part.label == "SQC").sum() >= 1, (fold, role)
+    assert (folds.has_pet.groupby(folds.patient_id).nunique() == 1).all()
+
+
+def test_an_all_pet_cohort_splits_as_by_class_alone():
+    patients = _patients(40)
+    with_flag = patients.assign(has_pet=True)
+    by_class = make_folds(patients, n_folds=5, validation_fraction=0.25, seed=3)
+    pd.testing.assert_frame_equal(
+        make_folds(with_flag, n_folds=5, seed=3, validation_fraction=0.25), by_class
+    )
+
+
 def test_folds_are_seeded():
     a = make_folds(_patients(), n_folds=4, seed=1)
     b = make_folds(_patients(), n_folds=4, seed=1)

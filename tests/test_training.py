@@ -416,3 +416,18 @@ def test_weight_average_is_what_is_selected_scored_and_resumed(cohort, tmp_path)
         pd.testing.assert_frame_equal(a, b)
     with pytest.raises(ValueError, match="ema_decay"):
         _settings(ema_decay=1.0)
+
+
+def test_a_validation_split_without_pet_names_the_fold_and_its_patients(cohort):
+    from lungfusion.training.fold import prepare_fold
+
+    sheet = pd.read_csv(cohort["sheet"], sep="\t")
+    folds = make_folds(sheet, n_folds=2, validation_fraction=0.25, seed=0)
+    val = folds[(folds.fold == 0) & (folds.role == "val")].patient_id
+    folds.loc[folds.patient_id.isin(val), "has_pet"] = False  # as if none of them had one
+    common = dict(folds=folds, fold=0, roi_dir=cohort["roi_dir"], sheet=sheet,
+                  task="classification", classes=("ADC", "SQC"))  # fmt: skip
+    with pytest.raises(ValueError, match=rf"fold 0: none of its {len(val)} val patients has "
+                       rf"CT and PET \(left out: {', '.join(sorted(val))}\)"):  # fmt: skip
+        prepare_fold(**common, modalities={"ct", "pet"})
+    assert len(prepare_fold(**common, modalities={"ct"}).val) == len(val)

@@ -42,6 +42,14 @@ def prepare_fold(
 ) -> FoldData:
     """Records per role, leaving out (and naming) patients without a modality the model reads."""
     kept, excluded = fold_roles_with(folds, fold, modalities)
+    for role in ("train", "val"):
+        if kept[role].empty:
+            raise ValueError(
+                f"fold {fold}: none of its {len(excluded[role])} {role} patients has "
+                f"{' and '.join(sorted(m.upper() for m in modalities - {'tab'}))} (left out: "
+                f"{', '.join(excluded[role][:5])}); a model reading these needs some; "
+                "add patients or lower splits.n_folds"
+            )
     clinical = sheet.drop(columns=["label"], errors="ignore")
     tabular, preprocessor = None, None
     if "tab" in modalities:  # imputation and scaling fit on the training patients only

@@ -34,6 +34,9 @@ def make_folds(
 
     ``patients`` needs ``patient_id`` and ``stratify_column`` (the class label, or the event
     indicator for survival); ``label``, ``has_ct`` and ``has_pet`` are carried along if present.
+    Where some patients lack a PET, the folds are stratified by class and PET together (when
+    every such group has a patient per fold), so that no fold's validation or test split ends
+    up without PET patients: the CT+PET networks leave out patients without one.
 
     >>> df = pd.DataFrame({"patient_id": [f"P{i}" for i in range(10)], "label": ["A", "B"] * 5})
     >>> folds = make_folds(df, n_folds=2, validation_fraction=0.25, seed=0)
@@ -53,11 +56,14 @@ def make_folds(
     patients = patients.sort_values("patient_id").reset_index(drop=True)
     strata = patients[stratify_column].astype(str).to_numpy()
     _check_class_sizes(strata, n_folds)
+    crossed = _with_pet_availability(strata, patients, n_folds)
 
     outer = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     rows = []
-    for fold, (train_index, test_index) in enumerate(outer.split(np.zeros(len(strata)), strata)):
-        fit_index, val_index = _inner_split(train_index, strata, validation_fraction, seed + fold)
+    for fold, (train_index, test_index) in enumerate(outer.split(np.zeros(len(crossed)), crossed)):
+        fit_index, val_index = _inner_split(
+            train_index, [crossed, strata], validation_fraction, seed + fold
+        )
         for role, index in (("train", fit_index), ("val", val_index), ("test", test_index)):
             part = patients.iloc[np.sort(index)].copy()
             part["fold"] = fold
@@ -83,15 +89,32 @@ def _check_class_sizes(strata: np.ndarray, n_folds: int) -> None:
         )
 
 
+def _with_pet_availability(strata: np.ndarray, patients: pd.DataFrame, n_folds: int) -> np.ndarray:
+    """The strata crossed with PET availability where some patients lack a PET and every
+    crossed group can fill each fold; else the strata as they are."""
+    if "has_pet" not in patients.columns or patients.has_pet.astype(bool).all():
+        return strata
+    crossed = np.char.add(
+        strata.astype(str), np.where(patients.has_pet.astype(bool), "|pet", "|no_pet")
+    )
+    _, counts = np.unique(crossed, return_counts=True)
+    return crossed if counts.min() >= n_folds else strata
+
+
+def _stratifiable(strata: np.ndarray, n_val: int) -> bool:
+    """sklearn needs two of each stratum and a validation set holding one of each."""
+    _, counts = np.unique(strata, return_counts=True)
+    return counts.min() >= 2 and n_val >= len(counts)
+
+
 def _inner_split(
-    train_index: np.ndarray, strata: np.ndarray, fraction: float, seed: int
+    train_index: np.ndarray, strata: list[np.ndarray], fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split a fold's training patients into fit and validation, stratified when possible."""
+    """Split a fold's training patients into fit and validation, stratified by the first of
+    ``strata`` (finest first) that allows it, else at random."""
     n_val = max(1, int(round(fraction * len(train_index))))
-    inner_strata = strata[train_index]
-    _, counts = np.unique(inner_strata, return_counts=True)
-    # sklearn needs two of each class and a validation set holding at least one of each class
-    stratify = inner_strata if counts.min() >= 2 and n_val >= len(counts) else None
+    candidates = (s[train_index] for s in strata)
+    stratify = next((s for s in candidates if _stratifiable(s, n_val)), None)
     fit_index, val_index = train_test_split(
         train_index, test_size=n_val, random_state=seed, stratify=stratify
     )
