@@ -151,3 +151,39 @@ def test_external_patients_never_reach_a_fit(external_run, tmp_path, monkeypatch
         again = pd.read_csv(tmp_path / "predictions" / model / "predictions.tsv", sep="\t")
         first = pd.read_csv(ext / "predictions" / model / "predictions.tsv", sep="\t")
         pd.testing.assert_frame_equal(again, first)
+
+
+def test_survival_models_score_the_external_cohort(external_run, tmp_path):
+    """task: survival on the same two cohorts (the imaging stages reused): the Cox models and
+    the Cox integrator score every external patient with a risk, and the external metrics
+    are concordance indices."""
+    import shutil
+
+    root = tmp_path / "survival"
+    for folder in ("resources", "external"):
+        shutil.copytree(external_run.parent / folder, root / folder)
+    for stage in ("ingest", "register", "segment", "roi"):  # internal and external imaging
+        shutil.copytree(external_run / stage, root / "results" / stage)
+        shutil.copytree(external_run / "external" / stage, root / "results/external" / stage)
+    config = yaml.safe_load((external_run.parent / "config.yaml").read_text())
+    config.update(task="survival")
+    config["train"]["models"] = ["ct", "pet", "clinical"]
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(root), "--configfile", str(root / "config.yaml"), "--cores", "2"],
+        root)  # fmt: skip
+    ext = root / "results/external"
+    rois = external_rois(root / "results")
+    for model in ("ct", "pet", "clinical", "late_cox"):
+        table = pd.read_csv(ext / "predictions" / model / "predictions.tsv", sep="\t",
+                            dtype={"patient_id": str})  # fmt: skip
+        assert {"risk", "survival_days", "event"} <= set(table.columns), model
+        expected = {p for p, has_pet in rois.items() if has_pet or model != "pet"}
+        assert set(table.patient_id) == expected, model
+        assert (table.fold == -1).all()
+        assert np.isfinite(table.risk).all() and table.risk.std() > 0, model
+    metrics = pd.read_csv(ext / "metrics/all.tsv", sep="\t")
+    assert set(metrics.model) == {"ct", "pet", "clinical", "late_cox"}
+    harrell = metrics[metrics.metric == "c_harrell"].set_index("model").value
+    assert harrell.between(0, 1).all() and len(harrell) == 4
+    assert "auroc" not in set(metrics.metric)
