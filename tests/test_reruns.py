@@ -129,6 +129,21 @@ def test_a_second_run_does_nothing(cohort):
     assert job_counts(result) == {}
 
 
+def test_adding_a_model_or_retuning_another_trains_only_the_new_one(cohort):
+    config = yaml.safe_load((cohort["dir"] / "config.yaml").read_text())
+    config["train"]["models"] = ["ct", "pet"]
+    config["train"]["semantic"] = {"C": 0.5}  # another model's own section
+    config["train"]["sfsa_epochs"] = 3  # only sfsa reads it
+    changed = cohort["dir"] / "config_more_models.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    command = [*snakemake_command(cohort["dir"])[:-4], "--configfile", str(changed)]
+    result = subprocess.run([*command, "--cores", "2", "-n"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    counts = job_counts(result)
+    assert counts["train"] == 2, counts  # pet's two folds; ct's stay
+    assert "model=pet, fold=0" in result.stdout and "model=ct," not in result.stdout
+
+
 def test_a_registration_parameter_reruns_registration_and_downstream_only(cohort):
     workdir = cohort["dir"]
     override = workdir / "register_override.yaml"

@@ -84,6 +84,38 @@ def sections(*names, **replaced):
     )
 
 
+# train keys no single model's training reads, and the table models' and mmcaf's own sections:
+# adding a model or a grid cell, or retuning another model, leaves a trained one as it is
+RUN_WIDE_TRAIN_KEYS = ("models", "multistage", "sfsa_epochs", "sfsa_exhaustive")
+MODEL_SECTIONS = ("clinical", "radiomics", "semantic", "clinical_net", "mmcaf")
+
+
+def model_sections(model, *names):
+    """``sections(*names)`` with only the train keys that shape ``model`` (sfsa keeps its own)."""
+    train = {
+        key: value
+        for key, value in config["train"].items()
+        if (
+            key not in RUN_WIDE_TRAIN_KEYS
+            or (model == "sfsa" and key.startswith("sfsa"))
+        )
+        and (key not in MODEL_SECTIONS or key == model)
+    }
+    return sections(*names, train=train)
+
+
+def train_params(wildcards):
+    return model_sections(wildcards.model, "task", "cohort", "train", "roi", "register")
+
+
+def sfsa_params(wildcards):
+    return model_sections("sfsa", "task", "cohort", "train", "roi", "register")
+
+
+def table_model_params(wildcards):
+    return model_sections(wildcards.model, "task", "cohort", "train")
+
+
 def per_patient(pattern):
     return expand(pattern, pid=PATIENTS, results=RESULTS)
 

@@ -56,7 +56,7 @@ rule train:
         runtime=240,
         gpu=1,
     params:
-        cfg=sections("task", "cohort", "train", "roi", "register"),
+        cfg=train_params,
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         out_dir=lambda wc, output: Path(output.done).parent,
         aux=aux_targets_option,
@@ -88,7 +88,7 @@ rule sfsa:
         runtime=720,
         gpu=1,
     params:
-        cfg=sections("task", "cohort", "train", "roi", "register"),
+        cfg=sfsa_params,
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         out_dir=lambda wc, output: Path(output.best).parent,
         train_out_dir=lambda wc, output: Path(output.done).parent,
@@ -120,7 +120,7 @@ rule train_radiomics:
         mem_mb=2000,
         runtime=30,
     params:
-        cfg=sections("task", "cohort", "train"),
+        cfg=table_model_params,
         roi_dir=f"{RESULTS}/roi",
         out_dir=lambda wc, output: Path(output.done).parent,
     shell:
