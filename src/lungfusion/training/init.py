@@ -72,11 +72,16 @@ class EncoderInit:
         return {"mode": self.mode, "encoder": self.spec, "loaded": self.loaded}
 
 
+_FROM_CONFIG = object()
+
+
 def initialise_encoders(
-    model, *, config: dict, fold: int, pretrain_dir: str | Path | None
+    model, *, config: dict, fold: int, pretrain_dir: str | Path | None, spec=_FROM_CONFIG
 ) -> EncoderInit:
-    """Load the weights ``train.init`` names into ``model``'s encoders (in place)."""
-    spec = encoder_spec_from_config(config)
+    """Load the weights ``train.init`` names into ``model``'s encoders (in place). ``spec``:
+    the caller's :func:`encoder_spec_from_config`, so a checkpoint's spec is read once."""
+    if spec is _FROM_CONFIG:
+        spec = encoder_spec_from_config(config)
     train = config["train"]
     mode = train.get("init", "scratch")
     init = EncoderInit(mode=mode, spec=None if spec is None else spec.as_dict())

@@ -110,7 +110,9 @@ def train_network(
     model = build_model(model_name, **build)
     if section.get("pretrained"):
         load_pretrained_encoder(model, section["pretrained"])
-    init = initialise_encoders(model, config=config, fold=fold, pretrain_dir=pretrain_dir)
+    init = initialise_encoders(
+        model, config=config, fold=fold, pretrain_dir=pretrain_dir, spec=spec
+    )
     aux = auxiliary_targets(model, data, config=config, features_path=aux_features)
     meta = {
         "name": model_name,

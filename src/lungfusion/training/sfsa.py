@@ -251,7 +251,9 @@ def run_sfsa(
             "sfsa", {**base_build, "mmtm_positions": positions}, settings, data
         )
         payload["warm_start_from"] = None
-        init = initialise_encoders(model, config=config, fold=fold, pretrain_dir=pretrain_dir)
+        init = initialise_encoders(
+            model, config=config, fold=fold, pretrain_dir=pretrain_dir, spec=spec
+        )
         payload["init"] = init.identity()
         if source is not None:  # the streams go on from the previous candidate's
             warm_start(model, source.result.state)
