@@ -14,7 +14,7 @@ among every position subset, and each model's internal against external AUROC.
 
     python bench/bench_analyses.py [--workdir bench/_work/analyses] [--cores 2]
         [--stages 1 2 3] [--blocks 1 2] [--external-patients 20]
-        [--external-preset realistic] [--quick]
+        [--external-preset realistic] [--saliency-mask-size 16] [--quick]
 
 ``--quick``: 16 patients, 2 folds, 1 epoch, an external cohort of 6 default-preset patients,
 to check that it runs. Writes bench/results/analyses.md.
@@ -55,14 +55,14 @@ def external_cohort(workdir: Path, *, n_patients: int, preset: str) -> None:
     )  # fmt: skip
 
 
-def overlay(stages: list[int], blocks: list[int], quick: bool) -> dict:
+def overlay(stages: list[int], blocks: list[int], quick: bool, mask_size: int | None) -> dict:
     config = {
         "robustness": {
             "misalignment_mm": [0, 2, 5, 10],
             "rotation_deg": [0, 5, 10],
             "drop_pet_fraction": [0, 0.25, 0.5, 1.0],
         },
-        "saliency": {"enabled": True},
+        "saliency": {"enabled": True} | ({"mask_size": mask_size} if mask_size else {}),
         "train": {
             "multistage": {"grid": {"stages": stages, "blocks": blocks}},
             "sfsa_exhaustive": True,
@@ -197,13 +197,20 @@ def main() -> int:
     parser.add_argument("--external-patients", type=int, default=20)
     parser.add_argument("--external-preset", default="realistic")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--saliency-mask-size",
+        type=int,
+        default=None,
+        help="occluded box side in voxels (default: the schema's)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.external_patients, args.external_preset = 6, "default"
     args.workdir.mkdir(parents=True, exist_ok=True)
     external_cohort(args.workdir, n_patients=args.external_patients, preset=args.external_preset)
     extra = write_yaml(
-        args.workdir / "analyses_overlay.yaml", overlay(args.stages, args.blocks, args.quick)
+        args.workdir / "analyses_overlay.yaml",
+        overlay(args.stages, args.blocks, args.quick, args.saliency_mask_size),
     )
     seconds, _ = snakemake(args.workdir, [CONFIG, extra], cores=args.cores)
     results = args.workdir / "results"
@@ -214,7 +221,8 @@ def main() -> int:
         machine_line(),
         "",
         f"config.yaml plus `{extra.name}` (robustness, saliency, grid {args.stages} x {args.blocks}, "
-        f"exhaustive SFSA, external validation on {args.external_patients} "
+        f"exhaustive SFSA, "
+        f"saliency boxes of {args.saliency_mask_size or 'the default'} voxels, external validation on {args.external_patients} "
         f"`{args.external_preset}`-preset patients of another seed); this call's wall time "
         f"{seconds:.0f} s on {args.cores} cores (a second call reuses what the first trained).",
         "",
