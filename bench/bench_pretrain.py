@@ -11,14 +11,19 @@ same ResNet-10 trunk (``train.encoder``):
 - ``pretrain``: the fold's self-supervised encoders (`lungfusion pretrain`, masked-volume
   restoration on the fold's training and validation ROIs, never its test ROIs);
 - ``aux``: scratch plus the auxiliary regression heads on the semantic descriptors;
-- ``pretrain_aux``: both.
+- ``pretrain_aux``: both;
+- ``descriptors``: the fold's encoders pretrained to predict the semantic descriptors their
+  modality carries (``pretrain.objective: descriptors``, label-free, same ROIs), fine-tuned;
+- ``descriptors_frozen``: the same encoders kept frozen (``train.freeze_encoder_epochs: -1``),
+  only the networks' fusion and head layers trained.
 
 Pooled out-of-fold AUROC with a bootstrap CI and its ratio to the image-only oracle on the same
 patients, beside the ``semantic`` logistic model. Then a learning curve (``--curve-sizes``) of one
 network, scratch against pretrain, on the first seed.
 
     python bench/bench_pretrain.py [--seeds 20261123 11] [--n 300] [--models early late multistage]
-        [--variants scratch pretrain aux pretrain_aux] [--epochs 15] [--pretrain-epochs 20]
+        [--variants scratch pretrain aux pretrain_aux descriptors descriptors_frozen]
+        [--epochs 15] [--pretrain-epochs 20] [--descriptor-epochs 30]
         [--curve-sizes 150 300 1000] [--curve-model early] [--workdir bench/_work/pretrain]
         [--report-only]
 
@@ -41,6 +46,7 @@ from bench_learning_curve import curve_row, lungfusion, run_config, write_cohort
 from bench_quality import fmt
 
 from lungfusion.estimators.radiomics import SEMANTIC_FEATURES
+from lungfusion.training.pretrain import default_descriptors
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "bench" / "results" / "pretrain.md"
@@ -50,7 +56,10 @@ VARIANTS = {
     "pretrain": {"init": "pretrain"},
     "aux": {"init": "scratch", "aux": True},
     "pretrain_aux": {"init": "pretrain", "aux": True},
+    "descriptors": {"init": "pretrain", "objective": "descriptors"},
+    "descriptors_frozen": {"init": "pretrain", "objective": "descriptors", "freeze": -1},
 }
+PRETRAIN_DIRS = {"masked": "pretrain", "descriptors": "pretrain_descriptors"}
 CRITERION = 0.9
 
 
@@ -63,6 +72,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--encoder", default="resnet10")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--pretrain-epochs", type=int, default=20)
+    parser.add_argument("--descriptor-epochs", type=int, default=30)
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--curve-sizes", type=int, nargs="*", default=[150, 300, 1000])
     parser.add_argument("--curve-model", default="early")
@@ -80,10 +90,23 @@ def base_config(args: argparse.Namespace, seed: int) -> dict:
     return config
 
 
-def variant_config(config: dict, variant: str) -> dict:
+def objective(variant: str) -> str | None:
+    """The pretrain objective a variant starts from (None: it starts from scratch)."""
+    spec = VARIANTS[variant]
+    return spec.get("objective", "masked") if spec["init"] == "pretrain" else None
+
+
+def variant_config(config: dict, variant: str, pretrain_epochs: int | None = None) -> dict:
+    """The config of one start; ``pretrain_epochs`` replaces the pretrain stage's epochs."""
     config = copy.deepcopy(config)
     spec = VARIANTS[variant]
     config["train"]["init"] = spec["init"]
+    if "freeze" in spec:
+        config["train"]["freeze_encoder_epochs"] = spec["freeze"]
+    if objective(variant) == "descriptors":
+        config["pretrain"]["objective"] = "descriptors"
+    if pretrain_epochs:
+        config["pretrain"]["epochs"] = pretrain_epochs
     if spec.get("aux"):
         config["train"]["aux_targets"] = {"features": list(SEMANTIC_FEATURES), "weight": 0.1}
     return config
@@ -105,18 +128,19 @@ def prepare(folder: Path, n: int, config: dict, jitter_mm: float) -> None:
         lungfusion(config_path, "radiomics", *io, "--out", str(features), "--threads", "2")
 
 
-def pretrain(folder: Path, config: dict) -> float:
-    """Each modality's encoder on each fold; returns the seconds spent."""
-    config_path = folder / "config_pretrain.yaml"
-    config_path.write_text(yaml.safe_dump(variant_config(config, "pretrain")))
+def pretrain(folder: Path, config: dict, variant: str, epochs: int | None = None) -> float:
+    """Each modality's encoder on each fold, for ``variant``'s objective; returns the seconds."""
+    config_path = folder / f"config_{variant}.yaml"
+    config_path.write_text(yaml.safe_dump(variant_config(config, variant, epochs)))
+    extra = ["--radiomics-features", str(folder / "radiomics" / "features.tsv")]
     start = time.perf_counter()
     for modality in ("ct", "pet"):
         for fold in range(int(config["splits"]["n_folds"])):
-            out = folder / "pretrain" / modality / f"fold{fold}"
+            out = folder / PRETRAIN_DIRS[objective(variant)] / modality / f"fold{fold}"
             if not (out / "summary.json").is_file():
                 lungfusion(config_path, "pretrain", "--modality", modality, "--fold", str(fold),
                            "--folds", str(folder / "folds.tsv"), "--roi-dir", str(folder / "roi"),
-                           "--out-dir", str(out), "--no-progress")  # fmt: skip
+                           "--out-dir", str(out), "--no-progress", *extra)  # fmt: skip
     return time.perf_counter() - start
 
 
@@ -130,8 +154,8 @@ def train(folder: Path, config: dict, variant: str, model: str) -> float:
         if (out / "predictions.tsv").is_file():
             continue
         extra = ["--radiomics-features", str(folder / "radiomics" / "features.tsv")]
-        if VARIANTS.get(variant, {}).get("init") == "pretrain":
-            extra += ["--pretrain-dir", str(folder / "pretrain")]
+        if variant in VARIANTS and objective(variant):
+            extra += ["--pretrain-dir", str(folder / PRETRAIN_DIRS[objective(variant)])]
         lungfusion(config_path, "train", "--model", model, "--fold", str(fold), "--folds",
                    str(folder / "folds.tsv"), "--roi-dir", str(folder / "roi"), "--sample-sheet",
                    str(folder / "clinical.tsv"), "--out-dir", str(out), "--no-progress",
@@ -143,8 +167,12 @@ def run_seed(args, seed: int, seconds: dict) -> None:
     config = base_config(args, seed)
     folder = args.workdir / f"seed{seed}" / f"n{args.n}"
     prepare(folder, args.n, config, args.jitter_mm)
-    if any(VARIANTS[v]["init"] == "pretrain" for v in args.variants):
-        seconds[(seed, args.n, "pretrain stage")] = pretrain(folder, config)
+    if any(objective(v) == "masked" for v in args.variants):
+        seconds[(seed, args.n, "pretrain stage")] = pretrain(folder, config, "pretrain")
+    if any(objective(v) == "descriptors" for v in args.variants):
+        seconds[(seed, args.n, "descriptors stage")] = pretrain(
+            folder, config, "descriptors", args.descriptor_epochs
+        )
     seconds[(seed, args.n, "semantic")] = train(folder, config, "scratch", "semantic")
     for model in args.models:
         for variant in args.variants:
@@ -157,7 +185,7 @@ def run_curve(args, seconds: dict) -> None:
     for n in args.curve_sizes:
         folder = args.workdir / f"seed{seed}" / f"n{n}"
         prepare(folder, n, config, args.jitter_mm)
-        seconds[(seed, n, "pretrain stage")] = pretrain(folder, config)
+        seconds[(seed, n, "pretrain stage")] = pretrain(folder, config, "pretrain")
         for variant in ("scratch", "pretrain"):
             seconds[(seed, n, args.curve_model, variant)] = train(
                 folder, config, variant, args.curve_model
@@ -185,9 +213,9 @@ def row_text(label: str, row: dict | None, secs: float | None) -> str:
     )
 
 
-def pretrain_losses(folder: Path) -> str:
+def pretrain_losses(folder: Path, objective_name: str) -> str:
     parts = []
-    for path in sorted(folder.glob("pretrain/*/fold*/summary.json")):
+    for path in sorted(folder.glob(f"{PRETRAIN_DIRS[objective_name]}/*/fold*/summary.json")):
         summary = json.loads(path.read_text())
         history = pd.read_csv(path.parent / "history.tsv", sep="\t")
         first, best = history.train_loss.iloc[0], summary.get("best_val_loss")
@@ -214,7 +242,10 @@ def write_report(args, seconds: dict) -> str:
         f"optimizer {train_cfg.get('optimizer')} (weight decay {train_cfg.get('weight_decay')}), "
         f"weight average {train_cfg.get('ema_decay')}, selection on validation "
         f"{train_cfg.get('selection_metric')}; pretraining {args.pretrain_epochs} epochs of "
-        "masked-volume restoration per modality and fold (training and validation ROIs only); "
+        "masked-volume restoration, or "
+        f"{args.descriptor_epochs} epochs of descriptor regression (CT: "
+        f"{', '.join(default_descriptors('ct'))}; PET: {', '.join(default_descriptors('pet'))}), "
+        "per modality and fold (training and validation ROIs only); "
         f"auxiliary targets: {', '.join(SEMANTIC_FEATURES)} (weight 0.1); pretrained encoders "
         f"fine-tuned from the start at {train_cfg.get('encoder_lr_factor', 0.1)} x lr.",
         "",
@@ -239,13 +270,16 @@ def write_report(args, seconds: dict) -> str:
                 lines.append(row_text(f"{model} / {variant}", row, secs))
                 if row is not None and (best is None or row["auc"] > best[1]["auc"]):
                     best = (f"{model} / {variant}", row)
-        stage = seconds.get((seed, args.n, "pretrain stage"))
         lines += [""]
-        if stage:
-            lines.append(f"Pretrain stage: {stage:.0f} s (2 modalities x {n_folds} folds).")
-        losses = pretrain_losses(folder)
-        if losses:
-            lines.append(f"Pretraining loss (first epoch -> best validation): {losses}.")
+        for variant, name in (("pretrain", "masked"), ("descriptors", "descriptors")):
+            stage = seconds.get((seed, args.n, f"{variant} stage"))
+            if stage:
+                lines.append(f"Pretrain stage ({name}): {stage:.0f} s (2 modalities x "
+                             f"{n_folds} folds).")  # fmt: skip
+            losses = pretrain_losses(folder, name)
+            if losses:
+                lines.append(f"Pretraining loss, {name} (first epoch -> best validation): "
+                             f"{losses}.")  # fmt: skip
         if best is not None:
             verdict = best[1]["ratio"] >= CRITERION
             above = semantic is not None and best[1]["auc"] >= semantic["auc"]

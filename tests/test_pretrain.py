@@ -1,5 +1,6 @@
-"""Self-supervised pretraining (training/pretrain.py): which ROIs a fold reads, that the
-reconstruction loss falls, that the saved encoder loads into the trunk, and the rule's wiring."""
+"""Label-free pretraining (training/pretrain.py): which ROIs a fold reads, that the
+reconstruction and the descriptor losses fall, that the saved encoder loads into the trunk, and
+the rule's wiring."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ CONFIG = {
 }
 
 
-def write_roi(path: Path, seed: int, *, has_pet: bool = True) -> None:
-    """A smooth blob at a random place on a noisy background, windowed to [0, 1]."""
+def write_roi(path: Path, seed: int, *, has_pet: bool = True) -> dict:
+    """A smooth blob at a random place on a noisy background, windowed to [0, 1]; returns its
+    descriptors as the radiomics table would hold them (log volume, log peak uptake)."""
     rng = np.random.default_rng(seed)
     z, y, x = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
     centre = rng.uniform([5, 10, 10], [11, 22, 22])
@@ -38,9 +40,14 @@ def write_roi(path: Path, seed: int, *, has_pet: bool = True) -> None:
     distance = ((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) / radius**2
     blob = np.exp(-distance).astype(np.float32)
     ct = np.clip(0.3 + 0.6 * blob + rng.normal(0, 0.02, SHAPE), 0, 1).astype(np.float32)
-    pet = (blob * rng.uniform(0.5, 1.0)).astype(np.float32) if has_pet else np.zeros_like(ct)
+    uptake = rng.uniform(0.5, 1.0)
+    pet = (blob * uptake).astype(np.float32) if has_pet else np.zeros_like(ct)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, ct=ct, pet=pet, has_pet=np.bool_(has_pet))
+    return {
+        "sem_log_volume_ml": 3 * np.log(radius),
+        "sem_log_suvmax": np.log(uptake) if has_pet else np.nan,
+    }
 
 
 @pytest.fixture
@@ -50,8 +57,22 @@ def cohort(tmp_path) -> dict:
     roi_dir = tmp_path / "roi"
     labelled = [f"p{i:02d}" for i in range(N_LABELLED)]
     unlabelled = ["u00", "u01"]
+    descriptors = {}
     for i, pid in enumerate(labelled + unlabelled):
-        write_roi(roi_dir / f"{pid}.npz", i, has_pet=pid != "p03")
+        descriptors[pid] = write_roi(roi_dir / f"{pid}.npz", i, has_pet=pid != "p03")
+    # the radiomics table: p05 failed (no lesion found), the extra folder's ROIs are not in it
+    features = pd.DataFrame.from_dict(descriptors, orient="index").rename_axis("patient_id")
+    features.loc["p05"] = np.nan
+    others = (
+        "sem_solid_fraction",
+        "sem_cavity_fraction",
+        "loc_lateral_fraction",
+        "sem_pet_core_ratio",
+    )
+    for column in others:
+        features[column] = np.nan  # the other default descriptors: not computed here
+    features_path = tmp_path / "features.tsv"
+    features.reset_index().to_csv(features_path, sep="\t", index=False)
     extra = tmp_path / "extra"
     for i in range(2):
         write_roi(extra / f"x{i}.npz", 100 + i)
@@ -77,7 +98,7 @@ def cohort(tmp_path) -> dict:
     pd.DataFrame(cohort_rows).to_csv(cohort_path, sep="\t", index=False)
     return {
         "roi_dir": roi_dir, "folds": folds, "folds_path": folds_path, "cohort_path": cohort_path,
-        "extra": extra, "unlabelled": unlabelled, "dir": tmp_path,
+        "extra": extra, "unlabelled": unlabelled, "dir": tmp_path, "features": features_path,
     }  # fmt: skip
 
 
@@ -85,7 +106,8 @@ def run_pretrain(cohort: dict, out_dir: Path, *, modality="ct", fold=0, **pretra
     config = {**CONFIG, "pretrain": {**CONFIG["pretrain"], **pretrain}}
     return pretrain_encoder(
         modality=modality, fold=fold, folds_path=cohort["folds_path"], roi_dir=cohort["roi_dir"],
-        out_dir=out_dir, config=config, cohort_path=cohort["cohort_path"], progress=False,
+        out_dir=out_dir, config=config, cohort_path=cohort["cohort_path"],
+        radiomics_features=cohort["features"], progress=False,
     )  # fmt: skip
 
 
@@ -139,6 +161,58 @@ def test_the_stages_encoders_start_a_ct_pet_network(cohort, tmp_path):
     saved = torch.load(tmp_path / "pretrain/pet/fold0/encoder.pt", weights_only=False)
     got = model.encoders()["pet"].state_dict()
     assert all(torch.equal(got[k], v) for k, v in saved["state_dict"].items())
+
+
+def test_the_descriptor_loss_falls_and_the_encoder_loads_into_the_trunk(cohort, tmp_path):
+    """objective descriptors: the pooled encoder learns the lesion's size (the CT default's
+    columns that have a value: the others are dropped), standardised on the fit patients."""
+    summary = run_pretrain(
+        cohort, tmp_path / "out", epochs=8, lr=0.01, objective="descriptors",
+        validation_fraction=0,
+    )  # fmt: skip
+    history = pd.read_csv(tmp_path / "out" / "history.tsv", sep="\t")
+    assert history.train_loss.iloc[-1] < 0.5 * history.train_loss.iloc[0]
+    scaling = summary["descriptors"]
+    assert scaling["columns"] == ["sem_log_volume_ml"]
+    checkpoint = torch.load(tmp_path / "out" / "encoder.pt", weights_only=False)
+    volumes = pd.read_csv(cohort["features"], sep="\t").set_index("patient_id").sem_log_volume_ml
+    fit_patients = checkpoint["patients"]  # no validation share: every one is fitted on
+    assert "p05" not in fit_patients
+    assert scaling["mean"]["sem_log_volume_ml"] == pytest.approx(volumes[fit_patients].mean())
+    assert checkpoint["objective"] == "descriptors" and checkpoint["descriptors"] == scaling
+    trunk = build_trunk(EncoderSpec.from_value(checkpoint["spec"]), in_channels=1)
+    trunk.load_state_dict(checkpoint["state_dict"], strict=True)
+
+
+def test_descriptor_pretraining_reads_only_patients_with_descriptors(cohort, tmp_path, spy):
+    """p05's lesion failed and the extra folder is not in the table: neither is read; the
+    fold's test patients stay out as with the masked objective; PET reads its own descriptor."""
+    summary = run_pretrain(
+        cohort, tmp_path / "out", modality="pet", epochs=1, objective="descriptors",
+        extra_roi_dirs=[str(cohort["extra"])],
+    )  # fmt: skip
+    folds = cohort["folds"]
+    test = set(folds[(folds.fold == 0) & (folds.role == "test")].patient_id)
+    assert "p05" not in spy and "p03" not in spy and not test & set(spy)
+    assert not {"x0", "x1"} & set(spy) and set(cohort["unlabelled"]) <= set(spy)
+    assert summary["skipped"]["no_descriptors"] == 3  # p05 (a validation patient), x0, x1
+    assert summary["descriptors"]["columns"] == ["sem_log_suvmax"]
+
+
+def test_a_descriptor_missing_from_the_table_is_named(cohort, tmp_path):
+    with pytest.raises(
+        KeyError, match=r"pretrain.descriptors.ct: \['sem_spiculation'\].*features.tsv"
+    ):
+        run_pretrain(
+            cohort, tmp_path / "out", epochs=1, objective="descriptors",
+            descriptors={"ct": ["sem_log_volume_ml", "sem_spiculation"]},
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="--radiomics-features"):
+        pretrain_encoder(
+            modality="ct", fold=0, folds_path=cohort["folds_path"], roi_dir=cohort["roi_dir"],
+            out_dir=tmp_path / "out", progress=False,
+            config={**CONFIG, "pretrain": {**CONFIG["pretrain"], "objective": "descriptors"}},
+        )  # fmt: skip
 
 
 def test_without_validation_rois_the_last_epoch_is_kept(cohort, tmp_path):
@@ -218,12 +292,13 @@ def test_pet_pretraining_reads_patients_with_pet_only(cohort):
 # ------------------------------------------------------------------------------ the workflow
 
 
-def dry_run(tmp_path: Path, init: str) -> str:
+def dry_run(tmp_path: Path, init: str, objective: str = "masked") -> str:
     config = yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text())
     config["train"].update(
         init=init, encoder="resnet10", models=["ct", "early", "clinical", "sfsa"]
     )
-    config_path = tmp_path / f"config_{init}.yaml"
+    config["pretrain"] = {"objective": objective}
+    config_path = tmp_path / f"config_{init}_{objective}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     result = subprocess.run(
         [
@@ -273,6 +348,7 @@ def test_init_pretrain_schedules_one_pretrain_job_per_modality_and_fold(tmp_path
         (m, f) for m in ("ct", "pet") for f in ("0", "1")
     ]
     assert all("results/splits/cohort.tsv" in j["input"] for j in pretrain)
+    assert not any("--radiomics-features" in j["shell"] for j in pretrain)
     # each network's train job takes the encoders of the modalities it reads, for its fold
     # (the tiny config's fusion-depth grid cells and the integrator's pet submodel train too)
     expected = {"ct": ["ct"], "pet": ["pet"], "early": ["ct", "pet"], "clinical": []}
@@ -297,3 +373,12 @@ def test_init_scratch_schedules_no_pretraining(tmp_path):
     assert not jobs(output, "pretrain")
     assert jobs(output, "train") and jobs(output, "sfsa")
     assert "results/pretrain/" not in output and "--pretrain-dir" not in output
+
+
+@pytest.mark.workflow
+def test_the_descriptors_objective_hands_the_radiomics_table_to_pretraining(tmp_path):
+    pretrain = jobs(dry_run(tmp_path, "pretrain", objective="descriptors"), "pretrain")
+    assert len(pretrain) == 4
+    for job in pretrain:
+        assert "results/radiomics/features.tsv" in job["input"]
+        assert "--radiomics-features results/radiomics/features.tsv " in job["shell"]

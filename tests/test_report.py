@@ -417,7 +417,10 @@ def test_report_says_how_each_network_started_and_whether_pretraining_saw_the_te
             "epochs_run": 2, "settings": {}, "init": {"mode": "scratch", "encoder": None,
                                                      "loaded": {}}, "aux_targets": {},
         })  # fmt: skip
-    _write_json(results / "pretrain" / "ct" / "fold0" / "summary.json", {"transductive": True})
+    _write_json(
+        results / "pretrain" / "ct" / "fold0" / "summary.json",
+        {"transductive": True, "objective": "descriptors"},
+    )
     build_report(results, tmp_path / "out", task="classification", classes=CLASSES)
     table = pd.read_csv(tmp_path / "out" / "tables" / "networks.csv", dtype=str)
     rows = {r["model"]: r for r in table.to_dict("records")}
@@ -425,4 +428,6 @@ def test_report_says_how_each_network_started_and_whether_pretraining_saw_the_te
     assert rows["early"]["encoder"] == "resnet10" and rows["early"]["frozen epochs"] == "all"
     assert rows["early"]["auxiliary targets"] == "sem_log_volume_ml"
     assert rows["ct"]["initialisation"] == "scratch" and rows["ct"]["encoder"] == "native"
-    assert "Pretraining was transductive" in (tmp_path / "out" / "index.html").read_text()
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "Pretraining was transductive" in page
+    assert "Pretraining objective: descriptors." in page

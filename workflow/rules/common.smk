@@ -194,7 +194,15 @@ def aux_targets_input(wildcards):
     return {}
 
 
-def aux_targets_option(wildcards, input):
+def pretrain_descriptors_input(wildcards):
+    """The radiomics table, when the encoders are pretrained to predict its descriptors."""
+    if config["pretrain"]["objective"] == "descriptors":
+        return {"features": f"{RESULTS}/radiomics/features.tsv"}
+    return {}
+
+
+def radiomics_features_option(wildcards, input):
+    """--radiomics-features, for a job whose inputs hold the radiomics table."""
     return (
         f"--radiomics-features {input.features}" if "features" in input.keys() else ""
     )

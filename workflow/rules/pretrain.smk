@@ -1,9 +1,10 @@
-# Self-supervised pretraining of the CT and PET encoders, one job per modality and fold
+# Label-free pretraining of the CT and PET encoders, one job per modality and fold
 # (train.init: pretrain starts every image network's encoders from the fold's).
 
 
 rule pretrain:
     input:
+        unpack(pretrain_descriptors_input),
         folds=f"{RESULTS}/splits/folds.tsv",
         cohort=f"{RESULTS}/splits/cohort.tsv",
         rois=per_patient("{results}/roi/{pid}.json"),
@@ -28,8 +29,9 @@ rule pretrain:
         cfg=pretrain_params(),
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         out_dir=lambda wc, output: Path(output.encoder).parent,
+        features=radiomics_features_option,
     shell:
         "python -m lungfusion --params {params.cfg:q} pretrain --modality {wildcards.modality}"
         " --fold {wildcards.fold} --folds {input.folds:q} --cohort {input.cohort:q}"
-        " --roi-dir {params.roi_dir:q} --out-dir {params.out_dir:q} --no-progress"
-        " > {log:q} 2>&1"
+        " --roi-dir {params.roi_dir:q} --out-dir {params.out_dir:q} {params.features}"
+        " --no-progress > {log:q} 2>&1"

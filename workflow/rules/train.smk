@@ -59,7 +59,7 @@ rule train:
         cfg=train_params,
         roi_dir=lambda wc, input: Path(input.rois[0]).parent,
         out_dir=lambda wc, output: Path(output.done).parent,
-        aux=aux_targets_option,
+        aux=radiomics_features_option,
         pretrain=pretrain_option,
     shell:
         "python -m lungfusion --params {params.cfg:q} train --model {wildcards.model} --fold {wildcards.fold}"

@@ -1,4 +1,4 @@
-"""``lungfusion pretrain``: self-supervised pretraining of one modality's encoder on one fold."""
+"""``lungfusion pretrain``: label-free pretraining of one modality's encoder on one fold."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "on too); default: every ROI file in --roi-dir",
     )  # fmt: skip
     parser.add_argument("--roi-dir", required=True, help="folder of {pid}.npz")
+    parser.add_argument(
+        "--radiomics-features", default=None,
+        help="the radiomics stage's features.tsv (pretrain.objective descriptors)",
+    )  # fmt: skip
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -25,6 +29,6 @@ def run(args: argparse.Namespace, config: dict) -> int:
     pretrain_encoder(
         modality=args.modality, fold=args.fold, folds_path=args.folds, roi_dir=args.roi_dir,
         out_dir=args.out_dir, config=config, cohort_path=args.cohort,
-        progress=not args.no_progress,
+        radiomics_features=args.radiomics_features, progress=not args.no_progress,
     )  # fmt: skip
     return 0

@@ -307,12 +307,14 @@ def _networks(results: Path, plain: dict) -> None:
         for p in sorted(results.glob("pretrain/*/fold*/summary.json"))
     ]
     transductive = any(s.get("transductive") for s in pretrain)
+    objectives = sorted({s.get("objective", "masked") for s in pretrain})
     plain["networks"] = (
         pd.DataFrame(rows),
         "Networks",
         "Each network's encoders (train.encoder), where they started (train.init: scratch, the "
-        "fold's self-supervised pretraining, or a checkpoint file), how long they stayed frozen, "
+        "fold's label-free pretraining, or a checkpoint file), how long they stayed frozen, "
         "their learning rate as a share of train.lr, and the label-free auxiliary targets. "
+        + (f"Pretraining objective: {', '.join(objectives)}. " if objectives else "")
         + ("Pretraining was transductive: it also read each fold's test patients' images "
            "(never their labels)." if transductive else
            "Pretraining, where used, never read a fold's test patients." if pretrain else ""),

@@ -117,7 +117,12 @@ def _pretrained_state(pretrain_dir: Path, modality: str, fold: int, spec) -> dic
             f"{path} was pretrained as {payload.get('spec')}, but train.encoder now asks for "
             f"{spec.as_dict()}: rerun the pretrain stage"
         )
-    return {"state_dict": payload["state_dict"], "source": str(path), "what": "pretrain stage"}
+    objective = payload.get("objective", "masked")
+    return {
+        "state_dict": payload["state_dict"],
+        "source": str(path),
+        "what": f"pretrain stage ({objective} objective)",
+    }
 
 
 def _file_states(train: dict, modalities: list[str], spec, *, ct_window) -> dict:

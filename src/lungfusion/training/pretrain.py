@@ -1,11 +1,19 @@
-"""Self-supervised pretraining of one modality's image encoder on ROI tensors (``pretrain`` stage).
+"""Label-free pretraining of one modality's image encoder on ROI tensors (``pretrain`` stage).
 
-The objective (``pretrain.objective: masked``) is masked-volume reconstruction in the style of
-Models Genesis (Zhou et al. 2021) and of masked autoencoders: each ROI is corrupted by MONAI
-transforms (cubes in-painted with noise, :class:`~monai.transforms.RandCoarseDropoutd`; cubes
-whose voxels are shuffled in place, :class:`~monai.transforms.RandCoarseShuffled`), and the
-encoder, ``build_trunk(spec, in_channels=1)`` run as stem + four stages, feeds a light decoder
-that restores the uncorrupted volume. Flips are applied to the input and its target alike.
+Two objectives (``pretrain.objective``), both on ``build_trunk(spec, in_channels=1)``:
+
+- ``masked``: masked-volume reconstruction in the style of Models Genesis (Zhou et al. 2021) and
+  of masked autoencoders. Each ROI is corrupted by MONAI transforms (cubes in-painted with
+  noise, :class:`~monai.transforms.RandCoarseDropoutd`; cubes whose voxels are shuffled in
+  place, :class:`~monai.transforms.RandCoarseShuffled`), and the encoder, run as stem + four
+  stages, feeds a light decoder that restores the uncorrupted volume.
+- ``descriptors``: regression of lesion descriptors computed from the images alone (the
+  radiomics stage's table: volume, solid share, SUVmax, ...), standardised on the pretraining
+  patients, from the globally pooled encoder. The pretext teaches the encoder what a
+  radiologist reads off the lesion, where reconstruction spends its capacity on background
+  texture; no label is used, so unlabelled patients count as for ``masked``.
+
+Flips are applied to the input and its target volume alike (descriptors do not change).
 
 Which ROI files a fold's pretraining reads (:func:`pretrain_patients`): its training and
 validation patients, the cohort's patients without a usable label, and every file of the
@@ -63,10 +71,11 @@ from lungfusion.training.engine import _cpu_state, _epoch_seed, write_table
 log = logging.getLogger(__name__)
 
 MODALITIES = IMAGE_KEYS
-OBJECTIVES = ("masked",)
+OBJECTIVES = ("masked", "descriptors")
 SOURCES = ("train", "val", "test", "unlabelled", "extra")
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "seconds"]
 INPUT_KEY = "image"  # the corrupted copy; the modality's own key keeps the target
+TARGET_KEY = "descriptors"  # the standardised descriptor vector (objective descriptors)
 
 
 # ----------------------------------------------------------------------------- which ROIs
@@ -224,6 +233,22 @@ class ReconstructionNet(nn.Module):
         return self.head(y)
 
 
+class DescriptorNet(nn.Module):
+    """An encoder trunk (:class:`TrunkBranch`), global average pooling and one linear layer
+    that predicts ``n_targets`` standardised descriptors: linear, so what the descriptors need
+    has to be in the encoder's pooled features, where the networks' heads will read it."""
+
+    def __init__(self, spec, n_targets: int) -> None:
+        super().__init__()
+        from lungfusion.models.encoders import TrunkBranch
+
+        self.encoder = TrunkBranch(spec, in_channels=1)
+        self.head = nn.Linear(self.encoder.out_channels, n_targets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).mean(dim=(2, 3, 4)))
+
+
 # ------------------------------------------------------------------------------- the data
 
 
@@ -261,16 +286,31 @@ def _cubes(transform, section: dict, shape: Sequence[int], **extra):
 
 
 def pretrain_dataset(
-    paths: Sequence[str | Path], *, modality: str, settings: dict, shape: Sequence[int]
+    paths: Sequence[str | Path],
+    *,
+    modality: str,
+    settings: dict,
+    shape: Sequence[int],
+    targets: np.ndarray | None = None,
 ) -> CacheDataset:
-    """The ROIs of one modality in memory (``modality`` the target, ``image`` its corrupted
-    copy); only the random corruption runs again each epoch."""
+    """The ROIs of one modality in memory. ``masked``: ``modality`` is the target and ``image``
+    its corrupted copy; ``descriptors``: ``modality`` is the input and ``descriptors`` (a row
+    of ``targets`` per path) the target. Only the random transforms run again each epoch."""
     other = [key for key in (*MODALITIES, "has_pet") if key != modality]
     transforms = [LoadRoid(), DeleteItemsd(keys=other)]
-    transforms += corruption(settings, shape, modality)
-    transforms.append(EnsureTyped(keys=[modality, INPUT_KEY], data_type="tensor", track_meta=False))
+    data = [{"path": str(p)} for p in paths]
+    if settings["objective"] == "descriptors":
+        for item, row in zip(data, targets, strict=True):
+            item[TARGET_KEY] = row.astype(np.float32)
+        if settings["flip"]:
+            transforms += [RandFlipd(keys=[modality], prob=0.5, spatial_axis=a) for a in range(3)]
+        keys = [modality, TARGET_KEY]
+    else:
+        transforms += corruption(settings, shape, modality)
+        keys = [modality, INPUT_KEY]
+    transforms.append(EnsureTyped(keys=keys, data_type="tensor", track_meta=False))
     return CacheDataset(
-        data=[{"path": str(p)} for p in paths],
+        data=data,
         transform=Compose(transforms),
         cache_rate=1.0,
         progress=False,
@@ -285,6 +325,65 @@ def holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def default_descriptors(modality: str) -> list[str]:
+    """The semantic model's descriptors one modality's images carry on their own: CT's without
+    the PET-read ones, PET's without those that need the CT (``ctpet_*``)."""
+    from lungfusion.estimators.radiomics import PET_PREFIXES, SEMANTIC_FEATURES
+
+    if modality == "ct":
+        return [c for c in SEMANTIC_FEATURES if not c.startswith(PET_PREFIXES)]
+    return [c for c in SEMANTIC_FEATURES if c.startswith(PET_PREFIXES) and "ctpet_" not in c]
+
+
+def descriptor_table(
+    features_path: str | Path | None, modality: str, columns: dict | None
+) -> pd.DataFrame:
+    """The descriptors (patients x columns, NaN unknown) the ``descriptors`` objective
+    regresses for ``modality``: ``pretrain.descriptors[modality]``, or
+    :func:`default_descriptors`; columns with no value at all are dropped."""
+    if features_path is None:
+        raise ValueError(
+            "pretrain.objective descriptors needs the radiomics table (--radiomics-features)"
+        )
+    wanted = list((columns or {}).get(modality) or default_descriptors(modality))
+    table = pd.read_csv(features_path, sep="\t", dtype={"patient_id": str})
+    missing = [c for c in wanted if c not in table.columns]
+    if missing:
+        raise KeyError(
+            f"pretrain.descriptors.{modality}: {missing} not in {features_path} (keep the "
+            "radiomics stage's context features on, or name columns the table has)"
+        )
+    values = table.set_index("patient_id")[wanted].apply(pd.to_numeric, errors="coerce")
+    values = values.astype(float).dropna(axis=1, how="all")
+    if values.empty or values.shape[1] == 0:
+        raise ValueError(f"{features_path}: no {modality} descriptor has a value for any patient")
+    return values
+
+
+def with_descriptors(inputs: PretrainInputs, descriptors: pd.DataFrame) -> PretrainInputs:
+    """``inputs`` without the ROIs whose patient has no descriptor in the table."""
+    known = descriptors.notna().any(axis=1)
+    kept = PretrainInputs(skipped=dict(inputs.skipped))
+    for path, patient, source in zip(inputs.paths, inputs.patients, inputs.sources, strict=True):
+        if patient in known.index and known[patient]:
+            kept.add(path, patient, source)
+        else:
+            kept.skip("no_descriptors")
+    return kept
+
+
+def standardised_descriptors(
+    descriptors: pd.DataFrame, patients: list[str], fit_index: np.ndarray
+) -> tuple[np.ndarray, dict]:
+    """Each patient's descriptor row (in ``patients`` order), centred and scaled on the fit
+    patients (the validation ROIs do not shape the scale); the scaling for the record."""
+    table = descriptors.loc[patients]
+    fit = table.iloc[fit_index]
+    mean, std = fit.mean(), fit.std(ddof=0).replace(0.0, 1.0).fillna(1.0)
+    scaled = ((table - mean) / std).to_numpy(np.float32)
+    return scaled, {"columns": list(table.columns), "mean": mean.to_dict(), "std": std.to_dict()}
+
+
 # ------------------------------------------------------------------------------- training
 
 
@@ -297,6 +396,7 @@ def pretrain_encoder(
     out_dir: str | Path,
     config: dict,
     cohort_path: str | Path | None = None,
+    radiomics_features: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Pretrain fold ``fold``'s ``modality`` encoder; write ``encoder.pt``, ``history.tsv`` and
@@ -306,8 +406,10 @@ def pretrain_encoder(
     only the corrupted ones: as in Models Genesis, restoring the untouched voxels keeps the
     encoder describing the whole lesion and its surroundings, the noise-filled and shuffled
     cubes (whose union MONAI does not report) add the in-painting and context tasks, and the
-    loss needs no mask bookkeeping. The encoder is ``train.encoder``'s trunk with the widths
-    the networks will have under ``train.init: pretrain``.
+    loss needs no mask bookkeeping. With ``descriptors`` the loss is the MSE over the known
+    standardised descriptors of the radiomics table ``radiomics_features``; ROIs without any
+    (an extra folder's, a failed lesion) are left out. The encoder is ``train.encoder``'s trunk
+    with the widths the networks will have under ``train.init: pretrain``.
     """
     from lungfusion.training.init import encoder_spec_from_config
 
@@ -323,6 +425,10 @@ def pretrain_encoder(
         cohort_path=cohort_path, include_unlabelled=settings["include_unlabelled"],
         extra_roi_dirs=settings["extra_roi_dirs"], transductive=settings["transductive"],
     )  # fmt: skip
+    descriptors = None
+    if settings["objective"] == "descriptors":
+        descriptors = descriptor_table(radiomics_features, modality, settings["descriptors"])
+        inputs = with_descriptors(inputs, descriptors)
     if len(inputs.paths) < 2:
         raise ValueError(
             f"fold {fold}: {len(inputs.paths)} ROI file(s) with {modality} to pretrain on; "
@@ -334,13 +440,24 @@ def pretrain_encoder(
     shape = roi_shape({"path": str(inputs.paths[0])})
     device = resolve_device(train["device"])
     seed_everything(settings["seed"])
-    model = ReconstructionNet(spec).to(device, memory_format=memory_format(device))
+    targets, scaling = None, None
+    if descriptors is None:
+        model = ReconstructionNet(spec)
+    else:
+        targets, scaling = standardised_descriptors(descriptors, inputs.patients, fit_index)
+        model = DescriptorNet(spec, targets.shape[1])
+    model = model.to(device, memory_format=memory_format(device))
     fit_set, val_set = (
         pretrain_dataset(
-            [inputs.paths[i] for i in index], modality=modality, settings=settings, shape=shape
-        )
+            [inputs.paths[i] for i in index],
+            modality=modality,
+            settings=settings,
+            shape=shape,
+            targets=None if targets is None else targets[index],
+        )  # fmt: skip
         for index in (fit_index, val_index)
     )
+    loss_of = _descriptor_loss if descriptors is not None else _reconstruction_loss
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"]
     )
@@ -354,14 +471,14 @@ def pretrain_encoder(
         fit_set.transform.set_random_state(seed=epoch_seed % 2**32)
         train_loss = _run_epoch(
             model, _loader(fit_set, settings["batch_size"], epoch_seed), modality, device,
-            optimiser=optimiser,
+            loss_of, optimiser=optimiser,
         )  # fmt: skip
         scheduler.step()
         val_loss = math.nan
         if len(val_set):  # the same corruption every epoch, so the losses compare
             val_set.transform.set_random_state(seed=settings["seed"] % 2**32)
             val_loss = _run_epoch(
-                model, _loader(val_set, settings["batch_size"], None), modality, device
+                model, _loader(val_set, settings["batch_size"], None), modality, device, loss_of
             )
         history.append(
             {
@@ -383,6 +500,7 @@ def pretrain_encoder(
         "fold": int(fold),
         "objective": settings["objective"],
         "patients": list(inputs.patients),
+        "descriptors": scaling,
     }
     with atomic_path(out_dir / "encoder.pt") as tmp:
         torch.save(checkpoint, tmp)
@@ -399,6 +517,7 @@ def pretrain_encoder(
         "n_validation": len(val_index),
         "validation_patients": [inputs.patients[i] for i in val_index],
         "roi_shape": list(shape),
+        "descriptors": scaling,
         "spec": spec.as_dict(),
         "settings": settings,
         "best_epoch": best["epoch"],
@@ -434,29 +553,45 @@ def _loader(dataset, batch_size: int, seed: int | None) -> DataLoader:
     )
 
 
+def _reconstruction_loss(model, batch, modality: str, device, layout) -> torch.Tensor:
+    """MSE between the volume restored from the corrupted copy and the volume."""
+    image = batch[INPUT_KEY].to(device).contiguous(memory_format=layout)
+    with autocast(device):
+        restored = model(image)
+    return F.mse_loss(restored.float(), batch[modality].to(device).float())
+
+
+def _descriptor_loss(model, batch, modality: str, device, layout) -> torch.Tensor:
+    """MSE over the known (finite) standardised descriptors."""
+    image = batch[modality].to(device).contiguous(memory_format=layout)
+    with autocast(device):
+        predicted = model(image).float()
+    target = batch[TARGET_KEY].to(device).float()
+    known = torch.isfinite(target)
+    error = (predicted - torch.nan_to_num(target)) ** 2 * known
+    return error.sum() / known.sum().clamp(min=1)
+
+
 def _run_epoch(
     model: nn.Module,
     loader: DataLoader,
     modality: str,
     device: torch.device,
+    loss_of=_reconstruction_loss,
     *,
     optimiser: torch.optim.Optimizer | None = None,
 ) -> float:
-    """Mean per-volume MSE over one pass; trains when ``optimiser`` is given."""
+    """Mean per-volume loss over one pass; trains when ``optimiser`` is given."""
     model.train(optimiser is not None)
     layout = memory_format(device)
     total, count = 0.0, 0
     with torch.set_grad_enabled(optimiser is not None):
         for batch in loader:
-            image = batch[INPUT_KEY].to(device).contiguous(memory_format=layout)
-            target = batch[modality].to(device)
-            with autocast(device):
-                restored = model(image)
-            loss = F.mse_loss(restored.float(), target.float())
+            loss = loss_of(model, batch, modality, device, layout)
             if optimiser is not None:
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
-            total += float(loss.detach()) * len(image)
-            count += len(image)
+            total += float(loss.detach()) * len(batch[modality])
+            count += len(batch[modality])
     return total / max(count, 1)
