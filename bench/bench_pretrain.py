@@ -273,7 +273,7 @@ def write_report(args, seconds: dict) -> str:
         lines += [""]
         for variant, name in (("pretrain", "masked"), ("descriptors", "descriptors")):
             stage = seconds.get((seed, args.n, f"{variant} stage"))
-            if stage:
+            if stage and stage >= 1:  # under a second: every encoder was reused
                 lines.append(f"Pretrain stage ({name}): {stage:.0f} s (2 modalities x "
                              f"{n_folds} folds).")  # fmt: skip
             losses = pretrain_losses(folder, name)
