@@ -50,16 +50,20 @@ class AuxHead(nn.Module):
         return self.fc(pooled)
 
     def loss(self, target: torch.Tensor) -> torch.Tensor:
-        prediction = self.predict()
-        target = target.to(prediction)
-        known = torch.isfinite(target)
-        error = (prediction - torch.nan_to_num(target)) ** 2 * known
-        return error.sum() / known.sum().clamp(min=1)
+        return masked_mse(self.predict(), target)
 
     def remove(self) -> None:
         """Detach the hooks from the model (after training)."""
         for handle in self._hooks:
             handle.remove()
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the known targets (NaN: unknown)."""
+    target = target.to(prediction)
+    known = torch.isfinite(target)
+    error = (prediction - torch.nan_to_num(target)) ** 2 * known
+    return error.sum() / known.sum().clamp(min=1)
 
 
 def _out_channels(stage: nn.Module) -> int:

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from lungfusion.artifacts import atomic_path, software_versions, write_json_atomic
 from lungfusion.config import section_with_defaults
 from lungfusion.folds import fold_patients, read_folds
+from lungfusion.training.aux import masked_mse, standardised_targets
 from lungfusion.training.data import IMAGE_KEYS, LoadRoid, roi_shape
 from lungfusion.training.device import (
     autocast,
@@ -377,11 +378,10 @@ def standardised_descriptors(
 ) -> tuple[np.ndarray, dict]:
     """Each patient's descriptor row (in ``patients`` order), centred and scaled on the fit
     patients (the validation ROIs do not shape the scale); the scaling for the record."""
-    table = descriptors.loc[patients]
-    fit = table.iloc[fit_index]
-    mean, std = fit.mean(), fit.std(ddof=0).replace(0.0, 1.0).fillna(1.0)
-    scaled = ((table - mean) / std).to_numpy(np.float32)
-    return scaled, {"columns": list(table.columns), "mean": mean.to_dict(), "std": std.to_dict()}
+    columns = list(descriptors.columns)
+    fit_patients = [patients[i] for i in fit_index]
+    scaled, scaling = standardised_targets(descriptors, columns, fit_patients)
+    return scaled.loc[patients].to_numpy(np.float32), {"columns": columns, **scaling}
 
 
 # ------------------------------------------------------------------------------- training
@@ -566,10 +566,7 @@ def _descriptor_loss(model, batch, modality: str, device, layout) -> torch.Tenso
     image = batch[modality].to(device).contiguous(memory_format=layout)
     with autocast(device):
         predicted = model(image).float()
-    target = batch[TARGET_KEY].to(device).float()
-    known = torch.isfinite(target)
-    error = (predicted - torch.nan_to_num(target)) ** 2 * known
-    return error.sum() / known.sum().clamp(min=1)
+    return masked_mse(predicted, batch[TARGET_KEY].to(device).float())
 
 
 def _run_epoch(
